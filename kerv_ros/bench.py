@@ -1,0 +1,118 @@
+"""``kerv bench``: speed and fidelity of every decode mode against ``ar``, in one run.
+
+Modes run round-robin on each observation, so that slow drifts of a shared CPU (thermal,
+other processes) hit every mode alike; ratios are taken between medians of the same run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tqdm import tqdm
+
+from kerv_ros.config import EngineConfig
+from kerv_ros.decoding.drafter import Drafter
+from kerv_ros.decoding.engine import DecodeEngine, StepResult
+from kerv_ros.policy.backend import Observation, PolicyBackend
+
+INSTRUCTIONS = (
+    "reach the red cube",
+    "push the blue block to the left",
+    "pick up the green cube",
+    "move the yellow block to the right",
+)
+COLOURS = ((220, 40, 40), (40, 70, 220), (40, 180, 60), (230, 200, 40))
+
+
+def synthetic_observations(count: int, seed: int, size: int = 128) -> list[Observation]:
+    """Table-top-like scenes (coloured blocks on a plain table) with instructions, seeded."""
+    rng = np.random.default_rng(seed)
+    observations = []
+    for _ in range(count):
+        image = np.empty((size, size, 3), dtype=np.uint8)
+        image[:] = rng.integers(150, 200, size=3, dtype=np.uint8)
+        for colour in COLOURS:
+            side = int(rng.integers(size // 12, size // 6))
+            x, y = rng.integers(0, size - side, size=2)
+            image[y : y + side, x : x + side] = colour
+        noise = rng.integers(-8, 9, size=image.shape)
+        image = np.clip(image.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+        observations.append(Observation(image, str(rng.choice(INSTRUCTIONS))))
+    return observations
+
+
+def run(
+    backend: PolicyBackend,
+    drafter: Drafter | None,
+    config: EngineConfig,
+    modes: list[str],
+    observations: list[Observation],
+    warmup: int = 2,
+    progress: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Decode every observation in every mode; return the per-mode summary (JSON-ready)."""
+    if "ar" not in modes:
+        modes = ["ar", *modes]
+    engines = {mode: DecodeEngine(backend, drafter, config.with_mode(mode)) for mode in modes}
+    for observation in observations[:warmup]:
+        for engine in engines.values():
+            engine.step(observation)
+    results: dict[str, list[StepResult]] = {mode: [] for mode in modes}
+    for observation in tqdm(observations, desc="bench", unit="step", disable=not progress):
+        for mode, engine in engines.items():
+            results[mode].append(engine.step(observation))
+    return summarise(results)
+
+
+def summarise(results: dict[str, list[StepResult]]) -> dict[str, dict[str, float]]:
+    ar = results["ar"]
+    ar_step = np.median([r.timings.total_ms for r in ar])
+    ar_decode = np.median([r.timings.decode_ms for r in ar])
+    ar_tokens = np.array([r.tokens for r in ar])
+    ar_actions = np.array([r.action for r in ar])
+    summary = {}
+    for mode, steps in results.items():
+        step_ms = float(np.median([r.timings.total_ms for r in steps]))
+        decode_ms = float(np.median([r.timings.decode_ms for r in steps]))
+        accepted = [n for r in steps for n in r.accepted_lengths]
+        summary[mode] = {
+            "target_forwards_per_step": float(np.mean([r.target_forwards for r in steps])),
+            "draft_forwards_per_step": float(np.mean([r.draft_forwards for r in steps])),
+            "mean_accepted_length": float(np.mean(accepted)) if accepted else 0.0,
+            "step_ms_median": step_ms,
+            "decode_ms_median": decode_ms,
+            "speedup_vs_ar_step": float(ar_step / step_ms),
+            "speedup_vs_ar_decode": float(ar_decode / decode_ms),
+            "token_mismatch_vs_ar": float(
+                np.mean(np.abs(np.array([r.tokens for r in steps]) - ar_tokens))
+            ),
+            "action_error_vs_ar": float(
+                np.mean(np.abs(np.array([r.action for r in steps]) - ar_actions))
+            ),
+        }
+    return summary
+
+
+COLUMNS = (
+    ("target_forwards_per_step", "tgt fwd/step", "{:.2f}"),
+    ("draft_forwards_per_step", "drf fwd/step", "{:.2f}"),
+    ("mean_accepted_length", "acc len", "{:.2f}"),
+    ("step_ms_median", "step ms", "{:.1f}"),
+    ("decode_ms_median", "decode ms", "{:.1f}"),
+    ("speedup_vs_ar_step", "speedup step", "{:.2f}x"),
+    ("speedup_vs_ar_decode", "speedup decode", "{:.2f}x"),
+    ("token_mismatch_vs_ar", "|tok-ar| bins", "{:.3f}"),
+    ("action_error_vs_ar", "|act-ar|", "{:.4f}"),
+)
+
+
+def format_table(summary: dict[str, dict[str, float]]) -> str:
+    """A plain-text table, one row per mode."""
+    header = ["mode", *(title for _, title, _ in COLUMNS)]
+    rows = [
+        [mode, *(fmt.format(values[key]) for key, _, fmt in COLUMNS)]
+        for mode, values in summary.items()
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    head = "  ".join(cell.rjust(w) for cell, w in zip(header, widths, strict=True))
+    return "\n".join([head, "-" * len(head), *lines])

@@ -1,0 +1,1 @@
+"""Speculative decoding of action tokens: draft trees, acceptance rules, the engine."""

@@ -1,0 +1,187 @@
+"""The decoding engine: one action step of every mode, through one code path.
+
+Read :meth:`DecodeEngine.step` top to bottom: prefill the observation (the target's first token
+comes free with it), then either decode greedily one token per target forward (``ar``) or loop
+draft -> one tree-verify forward -> walk the tree with the acceptance rule -> commit the path
+(``spec``, ``spec_relaxed``) until the step has its 7 tokens. Every mode is counted the same
+way (DESIGN.md 2, Counting) so that ratios against ``ar`` are fair.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import numpy as np
+import torch
+
+from kerv_ros.actions import ACTION_DIMS
+from kerv_ros.config import EngineConfig
+from kerv_ros.decoding.acceptance import TokenAcceptance, walk_tree
+from kerv_ros.decoding.drafter import Drafter
+from kerv_ros.policy.backend import Observation, PolicyBackend
+
+
+class TokenSource(IntEnum):
+    """Who produced a token; the values are those of ``msg/DecodeStats.msg``."""
+
+    VERIFIER = 0
+    DRAFTER = 1
+    RETRIEVAL = 2
+    KALMAN = 3
+
+
+@dataclass
+class StepTimings:
+    """Wall time of one step and its phases, in milliseconds."""
+
+    prefill_ms: float = 0.0
+    draft_ms: float = 0.0
+    verify_ms: float = 0.0
+    other_ms: float = 0.0
+    total_ms: float = 0.0
+
+    @property
+    def decode_ms(self) -> float:
+        """The step without its prefill: the part speculative decoding can shorten."""
+        return self.total_ms - self.prefill_ms
+
+
+@dataclass
+class StepResult:
+    """One decoded action step and how it was obtained."""
+
+    mode: str
+    tokens: list[int]
+    sources: list[TokenSource]
+    action: np.ndarray  # normalised, in [-1, 1]
+    raw_action: np.ndarray  # un-normalised with the model's dataset statistics
+    accepted_lengths: list[int] = field(default_factory=list)
+    target_forwards: int = 0
+    draft_forwards: int = 0
+    threshold: float = 0.0
+    compensated_dims: list[int] = field(default_factory=list)
+    verify_skipped: bool = False
+    timings: StepTimings = field(default_factory=StepTimings)
+
+
+class _PhaseClock:
+    """Accumulates wall time per phase; synchronises CUDA so GPU work lands in its phase."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.timings = StepTimings()
+        self.start = time.perf_counter()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def phase(self, name: str):
+        self._sync()
+        begin = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            attr = f"{name}_ms"
+            setattr(
+                self.timings,
+                attr,
+                getattr(self.timings, attr) + (time.perf_counter() - begin) * 1e3,
+            )
+
+    def finish(self) -> StepTimings:
+        self._sync()
+        t = self.timings
+        t.total_ms = (time.perf_counter() - self.start) * 1e3
+        t.other_ms = max(0.0, t.total_ms - t.prefill_ms - t.draft_ms - t.verify_ms)
+        return t
+
+
+class DecodeEngine:
+    """Decodes one 7-token action step per call in the configured mode.
+
+    ``config`` may be replaced between steps (:meth:`configure`); a step always runs with the
+    configuration it started with.
+    """
+
+    def __init__(
+        self, backend: PolicyBackend, drafter: Drafter | None, config: EngineConfig
+    ) -> None:
+        self.backend = backend
+        self.drafter = drafter
+        self.config = EngineConfig()
+        self.configure(config)
+
+    def configure(self, config: EngineConfig) -> None:
+        """Validate and adopt a new configuration (raises ValueError with the reasons)."""
+        config.validate()
+        if config.mode != "ar" and self.drafter is None:
+            raise ValueError(f"mode {config.mode!r} needs a drafter and none is loaded")
+        self.config = config
+
+    def step(self, observation: Observation) -> StepResult:
+        config = self.config
+        clock = _PhaseClock(self.backend.device)
+        with clock.phase("prefill"):
+            state = self.backend.prefill(observation)
+        result = StepResult(
+            mode=config.mode,
+            tokens=self.backend.action_logits_to_tokens(state.action_logits[None]),
+            sources=[TokenSource.VERIFIER],
+            action=np.zeros(0),
+            raw_action=np.zeros(0),
+            target_forwards=1,
+            threshold=float(config.threshold),
+        )
+        if config.mode == "ar":
+            self._decode_greedy(state, result, clock)
+        else:
+            self._decode_speculative(state, result, clock, TokenAcceptance(config.threshold))
+        result.action = self.backend.action_tokenizer.decode(np.array(result.tokens))
+        result.raw_action = self.backend.norm_stats.unnormalize(result.action)
+        result.timings = clock.finish()
+        return result
+
+    def _decode_greedy(self, state, result: StepResult, clock: _PhaseClock) -> None:
+        """The baseline: one target forward per token, KV-cached."""
+        while len(result.tokens) < ACTION_DIMS:
+            with clock.phase("verify"):
+                out = self.backend.forward_tree(state, [result.tokens[-1]], [-1])
+                self.backend.keep_path(state, [0])
+            result.tokens += self.backend.action_logits_to_tokens(out.action_logits)
+            result.sources.append(TokenSource.VERIFIER)
+            result.target_forwards += 1
+            result.accepted_lengths.append(1)
+
+    def _decode_speculative(
+        self, state, result: StepResult, clock: _PhaseClock, rule: TokenAcceptance
+    ) -> None:
+        """Draft a tree, verify it in one forward, keep the accepted path, repeat."""
+        with clock.phase("draft"):
+            session = self.drafter.start(self.backend, state)
+        while len(result.tokens) < ACTION_DIMS:
+            before = len(result.tokens)
+            remaining = ACTION_DIMS - before
+            with clock.phase("draft"):
+                tree = session.draft(list(result.tokens), remaining)
+            with clock.phase("verify"):
+                tokens, parents = tree.with_root(result.tokens[-1])
+                out = self.backend.forward_tree(state, tokens, parents)
+                greedy = self.backend.action_logits_to_tokens(out.action_logits)
+                walk = walk_tree(tokens, parents, greedy, rule)
+                self.backend.keep_path(state, walk.path)
+            result.target_forwards += 1
+            gained = walk.accepted[:remaining]
+            result.tokens += gained
+            result.sources += [TokenSource.DRAFTER] * len(gained)
+            if len(result.tokens) < ACTION_DIMS:
+                result.tokens.append(walk.correction)
+                result.sources.append(TokenSource.VERIFIER)
+                session.advance(out.hidden[walk.path], walk.accepted)
+            result.accepted_lengths.append(len(result.tokens) - before)
+        result.draft_forwards = session.forwards

@@ -1,0 +1,132 @@
+"""The policy backend contract the decoding engine is written against.
+
+A backend owns the target VLA and its KV cache. The engine only ever asks four things of it:
+prefill an observation, run one forward over a tree of candidate tokens, keep one root-to-node
+path of that tree in the cache, and map hidden states to action logits. Everything that differs
+between models (image preprocessing, prompt format, where the image tokens go) stays behind it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from kerv_ros.actions import ActionTokenizer, NormStats
+
+
+@dataclass
+class Observation:
+    """One control tick's input: an RGB image (H x W x 3, uint8) and the instruction."""
+
+    image: np.ndarray
+    instruction: str
+
+    def __post_init__(self) -> None:
+        image = np.asarray(self.image)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image must be H x W x 3 RGB, got shape {image.shape}")
+        if image.dtype != np.uint8:
+            raise ValueError(f"image must be uint8, got {image.dtype}")
+        if min(image.shape[:2]) < 8:
+            raise ValueError(f"image too small: {image.shape[:2]}")
+        if not self.instruction or not self.instruction.strip():
+            raise ValueError("instruction is empty")
+        self.image = image
+
+
+@dataclass
+class PrefillState:
+    """A prefilled observation: the KV cache and what the engine and drafter need next.
+
+    ``length`` counts the positions committed to ``cache``. ``prefix_hidden`` and
+    ``prefix_embeds`` (L x H) are the last hidden states and the input embeddings of the prefix
+    (image features included): an EAGLE-style drafter reads both.
+    """
+
+    cache: Any
+    length: int
+    prefix_hidden: torch.Tensor
+    prefix_embeds: torch.Tensor
+    action_logits: torch.Tensor  # logits over the action tokens at the last prefix position
+    extras: dict = field(default_factory=dict)
+
+
+@dataclass
+class TreeOutput:
+    """Per tree node: logits over the action tokens for the next position, and hidden state."""
+
+    action_logits: torch.Tensor  # n x n_bins
+    hidden: torch.Tensor  # n x H
+
+
+def tree_attention(parents: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ancestor mask (n x n, True where row attends to column) and depth of each node.
+
+    ``parents[i]`` is the index of node i's parent in the same list, or -1 when node i hangs
+    directly off the committed prefix. Parents must come before their children.
+    """
+    n = len(parents)
+    mask = torch.zeros(n, n, dtype=torch.bool)
+    depth = torch.zeros(n, dtype=torch.long)
+    for i, parent in enumerate(parents):
+        if parent >= i:
+            raise ValueError(f"node {i} has parent {parent}: parents must precede children")
+        if parent >= 0:
+            mask[i] = mask[parent]
+            depth[i] = depth[parent] + 1
+        mask[i, i] = True
+    return mask, depth
+
+
+class PolicyBackend(ABC):
+    """A token-based VLA as the decoding engine sees it (DESIGN.md 2, Policy backend)."""
+
+    action_tokenizer: ActionTokenizer
+    norm_stats: NormStats
+    hidden_size: int
+    device: torch.device
+
+    @abstractmethod
+    def prefill(self, observation: Observation) -> PrefillState:
+        """Encode image + prompt into a fresh KV cache (one target forward)."""
+
+    @abstractmethod
+    def forward_tree(
+        self, state: PrefillState, tokens: list[int], parents: list[int]
+    ) -> TreeOutput:
+        """One target forward over a token tree hanging off the committed prefix.
+
+        Each node sees the committed prefix, its ancestors and itself, at position
+        ``state.length + depth``. The tree's keys and values are appended to the cache after
+        the committed positions until :meth:`keep_path` decides which of them stay.
+        """
+
+    @abstractmethod
+    def keep_path(self, state: PrefillState, path: list[int]) -> None:
+        """Commit the tree nodes ``path`` (a root-to-node chain) to the cache, drop the rest."""
+
+    @abstractmethod
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of token ids (the drafter shares them with the target)."""
+
+    @abstractmethod
+    def hidden_to_action_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The target's lm_head restricted to the action rows (... x H -> ... x n_bins)."""
+
+    def action_logits_to_tokens(self, logits: torch.Tensor) -> list[int]:
+        """Greedy choice among the action tokens, as token ids.
+
+        Decoding is constrained to action tokens: a step of 7 actions must be 7 action tokens,
+        and an unconstrained argmax that lands on a text token has no action to decode to.
+        """
+        first = self.action_tokenizer.first_token
+        return [first + int(i) for i in torch.argmax(logits, dim=-1).tolist()]
+
+
+def openvla_prompt(instruction: str) -> str:
+    """OpenVLA's prompt for a (non-v01) checkpoint; the default model is trained on it too."""
+    return f"In: What action should the robot take to {instruction.strip().lower()}?\nOut:"
