@@ -73,3 +73,34 @@ class EngineConfig:
 
     def with_mode(self, mode: str) -> EngineConfig:
         return replace(self, mode=mode).validate()
+
+
+PARAMETER_FIELDS = {
+    "mode": ("mode",),
+    "relaxed_threshold": ("relaxed_threshold",),
+    "draft_depth": ("draft", "depth"),
+    "draft_top_k": ("draft", "top_k"),
+    "draft_node_budget": ("draft", "node_budget"),
+}
+"""Flat parameter names (ROS parameters, ``config/kerv.yaml``) -> fields of EngineConfig."""
+
+
+def engine_params(config: EngineConfig) -> dict[str, object]:
+    """The flat parameter view of a configuration."""
+    out = {}
+    for name, path in PARAMETER_FIELDS.items():
+        value: object = config
+        for attr in path:
+            value = getattr(value, attr)
+        out[name] = value
+    return out
+
+
+def engine_config_from_params(params: dict[str, object], base: EngineConfig) -> EngineConfig:
+    """``base`` with the given flat parameters changed, validated (ValueError with reasons)."""
+    unknown = sorted(set(params) - set(PARAMETER_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown engine parameters: {', '.join(unknown)}")
+    top = {k: params[k] for k in params if len(PARAMETER_FIELDS[k]) == 1}
+    draft = {PARAMETER_FIELDS[k][1]: params[k] for k in params if len(PARAMETER_FIELDS[k]) == 2}
+    return replace(base, draft=replace(base.draft, **draft), **top).validate()

@@ -1,0 +1,72 @@
+"""`kerv bench` runs every mode and writes the documented JSON fields (values not timed)."""
+
+import json
+import subprocess
+import sys
+
+FIELDS = {
+    "target_forwards_per_step",
+    "draft_forwards_per_step",
+    "mean_accepted_length",
+    "step_ms_median",
+    "decode_ms_median",
+    "speedup_vs_ar_step",
+    "speedup_vs_ar_decode",
+    "token_mismatch_vs_ar",
+    "action_error_vs_ar",
+}
+
+
+def test_bench_json(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kerv_ros.cli",
+            "bench",
+            "--model",
+            "random",
+            "--steps",
+            "2",
+            "--warmup",
+            "0",
+            "--modes",
+            "ar,spec,spec_relaxed",
+            "--threshold",
+            "0",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "speedup step" in proc.stdout
+    data = json.loads(out.read_text())
+    assert data["model"] == "random"
+    assert data["steps"] == 2
+    assert set(data["modes"]) == {"ar", "spec", "spec_relaxed"}
+    for mode, values in data["modes"].items():
+        assert set(values) >= FIELDS, mode
+    ar = data["modes"]["ar"]
+    assert ar["target_forwards_per_step"] == 7.0
+    assert ar["mean_accepted_length"] == 1.0
+    # Threshold 0: both speculative modes are lossless.
+    for mode in ("spec", "spec_relaxed"):
+        assert data["modes"][mode]["token_mismatch_vs_ar"] == 0.0
+        assert data["modes"][mode]["action_error_vs_ar"] == 0.0
+
+
+def test_bench_refuses_bad_flags_before_loading():
+    proc = subprocess.run(
+        [sys.executable, "-m", "kerv_ros.cli", "bench", "--modes", "ar,warp"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "unknown mode 'warp'" in proc.stderr
