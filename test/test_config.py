@@ -6,12 +6,16 @@ import pytest
 
 from kerv_ros.bench import synthetic_observations
 from kerv_ros.config import (
+    CONTROL_PARAMS,
+    ENGINE_PARAMS,
+    MODEL_PARAMS,
     MODES,
-    PARAMETER_FIELDS,
+    ControlConfig,
     DraftConfig,
     EngineConfig,
-    engine_config_from_params,
-    engine_params,
+    ModelConfig,
+    config_from_params,
+    params_of,
 )
 from kerv_ros.decoding.engine import DecodeEngine
 from kerv_ros.policy.vla import DefaultVLA, VLAConfig
@@ -79,18 +83,38 @@ def test_yaml_repeats_the_dataclass_defaults():
 
     path = Path(__file__).resolve().parents[1] / "config" / "kerv.yaml"
     params = yaml.safe_load(path.read_text())["kerv_node"]["ros__parameters"]
-    engine = {k: v for k, v in params.items() if k in PARAMETER_FIELDS}
-    assert engine == engine_params(EngineConfig())
+    expected = {
+        **params_of(EngineConfig(), ENGINE_PARAMS),
+        **params_of(ControlConfig(), CONTROL_PARAMS),
+        **params_of(ModelConfig(), MODEL_PARAMS),
+    }
+    expected["joint_names"] = list(expected["joint_names"])
+    assert {k: v for k, v in params.items() if k in expected} == expected
 
 
 def test_flat_parameters_round_trip_and_validate():
     base = EngineConfig()
-    changed = engine_config_from_params({"draft_top_k": 1, "mode": "spec_relaxed"}, base)
+    changed = config_from_params(base, ENGINE_PARAMS, {"draft_top_k": 1, "mode": "spec_relaxed"})
     assert changed.draft.top_k == 1
     assert changed.mode == "spec_relaxed"
     assert changed.draft.depth == base.draft.depth
-    assert engine_config_from_params(engine_params(changed), base) == changed
+    assert config_from_params(base, ENGINE_PARAMS, params_of(changed, ENGINE_PARAMS)) == changed
     with pytest.raises(ValueError, match="relaxed_threshold 300"):
-        engine_config_from_params({"relaxed_threshold": 300}, base)
-    with pytest.raises(ValueError, match="unknown engine parameters: speed"):
-        engine_config_from_params({"speed": 1}, base)
+        config_from_params(base, ENGINE_PARAMS, {"relaxed_threshold": 300}).validate()
+    with pytest.raises(ValueError, match="unknown parameters: speed"):
+        config_from_params(base, ENGINE_PARAMS, {"speed": 1})
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"control_rate_hz": 0.0}, "control_rate_hz 0.0 outside"),
+        ({"stale_timeout_s": 50.0}, "stale_timeout_s 50.0 outside"),
+        ({"max_linear_speed": -1.0}, "max_linear_speed -1.0 outside"),
+        ({"command_frame": " "}, "command_frame is empty"),
+        ({"joint_names": ("a", "a")}, "joint_names must be distinct"),
+    ],
+)
+def test_control_values_are_refused(change, reason):
+    with pytest.raises(ValueError, match=reason):
+        config_from_params(ControlConfig(), CONTROL_PARAMS, change).validate()
