@@ -18,6 +18,7 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.py")),
         (f"share/{PACKAGE}/config", glob("config/*")),
         (f"share/{PACKAGE}/msg", glob("msg/*.msg")),
     ],
@@ -36,5 +37,11 @@ setup(
     maintainer_email="dev@kerv-ros.invalid",
     description="Kinematics-aware speculative decoding runtime for token-based VLA robot policies",
     license="Apache-2.0",
-    entry_points={"console_scripts": ["kerv = kerv_ros.cli:main"]},
+    entry_points={
+        "console_scripts": [
+            "kerv = kerv_ros.cli:main",
+            "kerv-node = kerv_ros.node:main",
+            "kerv_node = kerv_ros.node:main",  # the name `ros2 run kerv_ros kerv_node` looks for
+        ]
+    },
 )

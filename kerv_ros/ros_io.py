@@ -25,6 +25,10 @@ class InputError(ValueError):
     """An input message the node cannot act on; the message says why."""
 
 
+class StaleInputError(InputError):
+    """An input that is missing or too old (a warning: it usually recovers by itself)."""
+
+
 def image_to_rgb(msg) -> np.ndarray:
     """sensor_msgs/Image -> H x W x 3 uint8 RGB, honouring ``step`` row padding.
 
