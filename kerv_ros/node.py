@@ -12,14 +12,18 @@ sample. The instruction is latched (reliable, transient local, depth 1) so a nod
 the instruction was published still gets it. Commands are reliable, depth 1: an old command is
 worth nothing once a newer one exists.
 
-Threads: subscriptions, services and timers run under a MultiThreadedExecutor; the model runs
-in a thread of its own that the control timer only wakes. Running the model inside a timer
-callback (its own callback group) was measured worse: once a step overran its period, the
-executor's wait returned at once for the ready-but-blocked timer and busy-looped, taking the GIL
-from the model and stretching the p99 step from ~60 ms to 1-4 s on 2 cores. A tick that finds
-the previous step still running is not queued twice: the model thread takes the newest inputs
-when it gets to it (no backlog). Staleness is judged on the node's monotonic receive time,
-which does not depend on the sender's clock being synchronised.
+Threads: the model runs in a thread of its own that the control timer only wakes; every ROS
+callback (subscriptions, services, timers) is short and runs in one executor thread, so none of
+them ever waits for the model. Two designs were measured worse on 2 cores with 640x480 images at
+10 Hz: the model inside a timer callback of its own callback group (once a step overran, the
+executor's wait returned at once for the ready-but-blocked timer and busy-looped, p99 step
+1-4 s), and the model thread beside a MultiThreadedExecutor (its polling took the GIL from the
+model: p99 1 s in spec mode, against 127 ms with a single executor thread, which is the engine's
+own p99). A tick that finds the previous step still running is not queued twice: the model
+thread takes the newest inputs when it gets to it (no backlog).
+
+Staleness is judged on the node's monotonic receive time, which does not depend on the sender's
+clock being synchronised.
 """
 
 from __future__ import annotations
@@ -41,8 +45,7 @@ from rcl_interfaces.msg import (
     ParameterDescriptor,
     SetParametersResult,
 )
-from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleState, Node, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
@@ -144,28 +147,17 @@ class KervNode(Node):
         self._normalised_gripper = True
         self._last_hold_log = 0.0
 
-        self._io_group = ReentrantCallbackGroup()
         self._tick = threading.Event()  # set by the control timer, consumed by the model thread
         self._model_thread: threading.Thread | None = None
-        self.create_subscription(
-            Image, "/camera/image_raw", self._on_image, SENSOR_QOS, callback_group=self._io_group
-        )
-        self.create_subscription(
-            JointState, "/joint_states", self._on_joints, SENSOR_QOS, callback_group=self._io_group
-        )
-        self.create_subscription(
-            String,
-            "~/instruction",
-            self._on_instruction,
-            LATCHED_QOS,
-            callback_group=self._io_group,
-        )
+        self.create_subscription(Image, "/camera/image_raw", self._on_image, SENSOR_QOS)
+        self.create_subscription(JointState, "/joint_states", self._on_joints, SENSOR_QOS)
+        self.create_subscription(String, "~/instruction", self._on_instruction, LATCHED_QOS)
         self._twist_pub = self.create_publisher(TwistStamped, "~/delta_twist_cmds", COMMAND_QOS)
         self._gripper_pub = self.create_publisher(Float64, "~/gripper_command", COMMAND_QOS)
         self._stats_pub = self.create_publisher(DecodeStats, "~/decode_stats", 10)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._control_timer = None
-        self.create_timer(1.0, self._publish_diagnostics, callback_group=self._io_group)
+        self.create_timer(1.0, self._publish_diagnostics)
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._accept_parameters)
 
@@ -299,9 +291,7 @@ class KervNode(Node):
         self._tick.clear()
         self._model_thread = threading.Thread(target=self._model_loop, name="kerv_model")
         self._model_thread.start()
-        self._control_timer = self.create_timer(
-            self._control.period_s, self._tick.set, callback_group=self._io_group
-        )
+        self._control_timer = self.create_timer(self._control.period_s, self._tick.set)
         self.get_logger().info(f"active: commanding at {self._control.control_rate_hz} Hz")
         return TransitionCallbackReturn.SUCCESS
 
@@ -532,7 +522,7 @@ def main(args: list[str] | None = None) -> None:
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     signal.signal(signal.SIGTERM, _interrupt)
     node = KervNode()
-    executor = MultiThreadedExecutor(num_threads=3)
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
         executor.spin()
