@@ -42,6 +42,8 @@ setup(
             "kerv = kerv_ros.cli:main",
             "kerv-node = kerv_ros.node:main",
             "kerv_node = kerv_ros.node:main",  # the name `ros2 run kerv_ros kerv_node` looks for
+            "kerv-sim-node = kerv_ros.sim.sim_node:main",
+            "sim_node = kerv_ros.sim.sim_node:main",
         ]
     },
 )

@@ -80,11 +80,109 @@ def _run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sim_parser(sub: argparse._SubParsersAction) -> None:
+    from kerv_ros.sim.tasks import TASKS
+
+    tasks = ",".join(TASKS)
+    p = sub.add_parser("sim", help="the simulated Panda: demonstrations, expert, closed loop")
+    sim = p.add_subparsers(dest="sim_command", required=True)
+    c = sim.add_parser("collect", help="record expert episodes as rosbag2 (mcap)")
+    c.add_argument("--task", default=tasks, help=f"task or comma list ({tasks})")
+    c.add_argument("--episodes", type=int, default=10, help="episodes per task")
+    c.add_argument("--seed", type=int, default=0, help="first episode seed")
+    c.add_argument("-o", "--output", type=Path, required=True, help="directory for the bags")
+    c.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    c.add_argument("--image-size", type=int, default=128)
+    c.set_defaults(func=_run_collect)
+    e = sim.add_parser("expert", help="the scripted expert's success rate per task")
+    e.add_argument("--task", default=tasks, help=f"task or comma list ({tasks})")
+    e.add_argument("--episodes", type=int, default=50)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--json", type=Path, help="also write the rates as JSON here")
+    e.set_defaults(func=_run_expert)
+    r = sim.add_parser("run", help="sim_node + kerv_node as processes, in closed loop")
+    r.add_argument("--task", default=tasks, help=f"task or comma list ({tasks})")
+    r.add_argument("--episodes", type=int, default=3, help="episodes per task")
+    r.add_argument("--seed", type=int, default=1000, help="first episode seed")
+    r.add_argument("--model", default="default", help="random | default | checkpoint directory")
+    r.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME:=VALUE",
+        help="extra kerv_node parameter, e.g. --param mode:=spec_relaxed",
+    )
+    r.add_argument(
+        "--expert",
+        action="store_true",
+        help="let the scripted expert drive (no kerv_node): checks the loop itself",
+    )
+    r.add_argument("--logs", type=Path, default=Path("runs/sim_run"), help="process logs")
+    r.set_defaults(func=_run_closed_loop)
+
+
+def _tasks(arg: str) -> list[str]:
+    return [t.strip() for t in arg.split(",") if t.strip()]
+
+
+def _run_collect(args: argparse.Namespace) -> int:
+    import time
+
+    from kerv_ros.sim.collect import collect
+
+    start = time.perf_counter()
+    records = collect(
+        _tasks(args.task), args.episodes, args.seed, args.output, args.storage, args.image_size
+    )
+    seconds = time.perf_counter() - start
+    size = sum(f.stat().st_size for f in args.output.rglob("*") if f.is_file())
+    ok = sum(r.success for r in records)
+    steps = sum(r.steps for r in records)
+    print(
+        f"{len(records)} episodes ({ok} successful), {steps} steps in {seconds:.1f} s "
+        f"({len(records) / seconds * 60:.1f} episodes/min, {steps / seconds:.1f} steps/s)"
+    )
+    print(
+        f"{args.output}: {size / 2**20:.1f} MiB ({size / max(len(records), 1) / 2**10:.0f} KiB "
+        "per episode)"
+    )
+    return 0
+
+
+def _run_expert(args: argparse.Namespace) -> int:
+    from kerv_ros.sim.collect import expert_success
+
+    rates = expert_success(_tasks(args.task), args.episodes, args.seed)
+    print(f"{'task':8s} {'episodes':>8s} {'success':>8s} {'rate':>6s} {'steps':>6s}")
+    for task, r in rates.items():
+        print(
+            f"{task:8s} {r['episodes']:8d} {r['successes']:8d} {r['success_rate']:6.0%} "
+            f"{r['mean_steps']:6.1f}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(rates, indent=2), encoding="utf-8")
+    return 0
+
+
+def _run_closed_loop(args: argparse.Namespace) -> int:
+    from kerv_ros.sim.closed_loop import run
+
+    reports = run(
+        _tasks(args.task), args.episodes, args.seed, args.model, args.param, args.expert, args.logs
+    )
+    for report in reports:
+        print(json.dumps(report))
+    ok = sum(r["success"] for r in reports)
+    print(f"{ok}/{len(reports)} episodes successful (logs in {args.logs})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kerv", description="kerv_ros command-line tool")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     _bench_parser(sub)
+    _sim_parser(sub)
     return parser
 
 
@@ -96,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, PermissionError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as err:
         print(f"kerv {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -6,7 +6,13 @@ import sys
 
 import kerv_ros
 
-ROS_ADAPTERS = {"kerv_ros.node", "kerv_ros.ros_io", "kerv_ros.sim.sim_node", "kerv_ros.msg"}
+ROS_ADAPTERS = {
+    "kerv_ros.node",
+    "kerv_ros.ros_io",
+    "kerv_ros.sim.sim_node",
+    "kerv_ros.sim.closed_loop",
+    "kerv_ros.msg",
+}
 
 
 def core_modules():

@@ -1,0 +1,164 @@
+"""Expert demonstrations as rosbag2 files, and the expert's success rate.
+
+One bag per episode (``DIR/<task>_<seed>/``, mcap by default) with the topics a recording of
+kerv_node on a real arm has: camera, joint states, instruction, twist and gripper commands,
+plus the simulator's success flag. ``DIR/episodes.json`` indexes them (task, seed,
+instruction, success, steps).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from kerv_ros import bags
+from kerv_ros.sim.tasks import TASKS, Expert, new_episode, succeeded
+from kerv_ros.sim.world import PandaWorld, SimConfig
+
+START_NS = 1_700_000_000 * 10**9
+COMMAND_DELAY_NS = 1_000_000  # a command is stamped 1 ms after the observation it answers
+INDEX = "episodes.json"
+
+
+@dataclass
+class EpisodeRecord:
+    task: str
+    seed: int
+    instruction: str
+    success: bool
+    steps: int
+    bag: str = ""
+
+
+def run_expert(world: PandaWorld, task: str, seed: int, on_step=None) -> EpisodeRecord:
+    """One expert episode, until success or the task's step limit.
+
+    ``on_step(step, world, episode, command)`` sees every control tick before the command is
+    executed (``command`` is None on the final observation).
+    """
+    episode = new_episode(world, task, seed)
+    expert = Expert(world, episode)
+    instruction = episode.task.instruction(episode.layout.target)
+    success = False
+    step = 0
+    for step in range(episode.task.max_steps + 1):
+        success = succeeded(world, episode)
+        if success or step == episode.task.max_steps:
+            if on_step:
+                on_step(step, world, episode, None)
+            break
+        command = expert.act()
+        if on_step:
+            on_step(step, world, episode, command)
+        world.apply(*command)
+    return EpisodeRecord(task, seed, instruction, success, step)
+
+
+def record_episode(
+    world: PandaWorld, task: str, seed: int, path: Path, storage: str = "mcap"
+) -> EpisodeRecord:
+    """Run one expert episode and write it to the rosbag2 directory ``path``."""
+    period_ns = int(world.config.period_s * 1e9)
+    frame = "panda_link0"
+    with bags.BagWriter(path, storage) as bag:
+
+        def on_step(step, world, episode, command):
+            stamp = START_NS + step * period_ns
+            if step == 0:
+                instruction = episode.task.instruction(episode.layout.target)
+                bag.write(
+                    bags.INSTRUCTION_TOPIC,
+                    bags.STRING,
+                    stamp,
+                    bags.scalar_msg(bags.STRING, instruction),
+                )
+            joints = world.joints()
+            bag.write(bags.IMAGE_TOPIC, bags.IMAGE, stamp, bags.image_msg(world.render(), stamp))
+            bag.write(
+                bags.JOINT_STATES_TOPIC,
+                bags.JOINT_STATE,
+                stamp,
+                bags.joint_state_msg(joints.names, joints.positions, joints.velocities, stamp),
+            )
+            done = succeeded(world, episode)
+            bag.write(bags.SUCCESS_TOPIC, bags.BOOL, stamp, bags.scalar_msg(bags.BOOL, done))
+            if command is not None:
+                linear, angular, gripper = command
+                t = stamp + COMMAND_DELAY_NS
+                bag.write(
+                    bags.TWIST_TOPIC,
+                    bags.TWIST_STAMPED,
+                    t,
+                    bags.twist_msg(linear, angular, t, frame),
+                )
+                bag.write(
+                    bags.GRIPPER_TOPIC,
+                    bags.FLOAT64,
+                    t,
+                    bags.scalar_msg(bags.FLOAT64, float(gripper)),
+                )
+
+        record = run_expert(world, task, seed, on_step)
+        for key, value in asdict(record).items():
+            if key != "bag":
+                bag.set_metadata(f"kerv.{key}", str(value))
+    record.bag = path.name
+    return record
+
+
+def collect(
+    tasks: list[str],
+    episodes: int,
+    seed: int,
+    out_dir: Path,
+    storage: str = "mcap",
+    image_size: int = 128,
+    progress: bool = True,
+) -> list[EpisodeRecord]:
+    """``episodes`` expert episodes per task (seeds ``seed .. seed + episodes - 1``)."""
+    for task in tasks:
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    index_path = out_dir / INDEX
+    index = json.loads(index_path.read_text()) if index_path.is_file() else []
+    world = PandaWorld(SimConfig(image_size=image_size))
+    records = []
+    jobs = [(task, seed + i) for task in tasks for i in range(episodes)]
+    try:
+        for task, episode_seed in tqdm(jobs, desc="collect", unit="episode", disable=not progress):
+            path = out_dir / f"{task}_{episode_seed:05d}"
+            if path.exists():
+                raise FileExistsError(f"{path} exists; collect into a new directory")
+            records.append(record_episode(world, task, episode_seed, path, storage))
+            index.append(asdict(records[-1]))
+            index_path.write_text(json.dumps(index, indent=1))
+    finally:
+        world.close()
+    return records
+
+
+def expert_success(
+    tasks: list[str], episodes: int, seed: int, progress: bool = True
+) -> dict[str, dict[str, float]]:
+    """The expert's success rate and mean steps per task, without rendering."""
+    world = PandaWorld()
+    results: dict[str, list[EpisodeRecord]] = {task: [] for task in tasks}
+    try:
+        for task in tasks:
+            for i in tqdm(range(episodes), desc=f"expert {task}", disable=not progress):
+                results[task].append(run_expert(world, task, seed + i))
+    finally:
+        world.close()
+    return {
+        task: {
+            "episodes": len(records),
+            "successes": sum(r.success for r in records),
+            "success_rate": sum(r.success for r in records) / len(records),
+            "mean_steps": sum(r.steps for r in records) / len(records),
+        }
+        for task, records in results.items()
+    }

@@ -1,0 +1,168 @@
+"""Instructed tasks: random layouts, success checks, step limits, and a scripted expert each.
+
+Directions are the robot's: +x away from the base, +y to its left. The expert sees the true
+object poses (privileged state) and acts through the same command interface as the policy: an
+end-effector velocity and a gripper opening per control period.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kerv_ros.sim.world import COLOURS, CUBE_HALF, Layout, PandaWorld
+
+APPROACH_HEIGHT = 0.12  # m above the table for moves between objects
+PUSH_DISTANCE = 0.15  # m the expert pushes
+PUSH_SUCCESS = 0.08  # m the block must move to the left
+
+
+def _up(point: np.ndarray, height: float) -> np.ndarray:
+    return point + np.array([0.0, 0.0, height])
+
+
+@dataclass(frozen=True)
+class Task:
+    """One instructed task: its instruction, step limit and success rule."""
+
+    name: str
+    template: str
+    max_steps: int
+
+    def instruction(self, colour: str) -> str:
+        return self.template.format(colour=colour)
+
+
+TASKS = {
+    "reach": Task("reach", "reach the {colour} cube", 60),
+    "push": Task("push", "push the {colour} block to the left", 110),
+    "pick": Task("pick", "pick up the {colour} cube", 110),
+}
+
+
+def sample_layout(task: str, rng: np.random.Generator) -> Layout:
+    """Three cubes, at least 10 cm apart, and a target; the push target has room on its left."""
+    while True:
+        cubes = {
+            colour: (float(rng.uniform(0.4, 0.62)), float(rng.uniform(-0.22, 0.18)))
+            for colour in COLOURS
+        }
+        points = np.array(list(cubes.values()))
+        gaps = np.linalg.norm(points[:, None] - points[None], axis=-1)
+        if np.min(gaps + np.eye(len(points))) < 0.1:
+            continue
+        target = str(rng.choice(list(COLOURS)))
+        if task == "push":
+            tx, ty = cubes[target]
+            # Nothing in the push corridor or where the gripper starts the push.
+            if any(
+                abs(x - tx) < 0.08 and -0.12 < y - ty < PUSH_DISTANCE + 0.08
+                for c, (x, y) in cubes.items()
+                if c != target
+            ):
+                continue
+        return Layout(cubes=cubes, target=target)
+
+
+@dataclass
+class Episode:
+    """What a success check needs: the task, the layout and the start of the episode."""
+
+    task: Task
+    layout: Layout
+    start: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def succeeded(world: PandaWorld, episode: Episode) -> bool:
+    target = world.cube_position(episode.layout.target)
+    name = episode.task.name
+    if name == "reach":
+        ee, _ = world.ee_pose()
+        above = _up(target, 0.05)
+        return bool(np.linalg.norm(ee - above) < 0.04)
+    if name == "push":
+        moved = target - episode.start[episode.layout.target]
+        return bool(moved[1] >= PUSH_SUCCESS and abs(moved[0]) < 0.06)
+    if name == "pick":
+        return bool(target[2] > CUBE_HALF + 0.06)
+    raise ValueError(f"unknown task {name!r}")
+
+
+class Expert:
+    """Waypoint following with a proportional controller; one instance per episode."""
+
+    gain = 4.0  # 1/s: speed command per metre of error
+    tolerance = 0.008  # m to call a waypoint reached
+
+    def __init__(self, world: PandaWorld, episode: Episode) -> None:
+        self.world = world
+        self.episode = episode
+        self.phase = 0
+        self.wait = 0
+
+    def _toward(self, goal: np.ndarray) -> tuple[np.ndarray, bool]:
+        ee, _ = self.world.ee_pose()
+        error = goal - ee
+        velocity = self.gain * error
+        limit = self.world.config.max_linear_speed
+        norm = np.linalg.norm(velocity)
+        if norm > limit:
+            velocity *= limit / norm
+        return velocity, bool(np.linalg.norm(error) < self.tolerance)
+
+    def act(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """(linear m/s, angular rad/s, gripper 0..1) for this control period."""
+        name = self.episode.task.name
+        cube = self.world.cube_position(self.episode.layout.target)
+        plan = getattr(self, f"_{name}")(cube)
+        linear, gripper = plan
+        return linear, np.zeros(3), gripper
+
+    def _follow(self, waypoints: list[tuple[np.ndarray, float, int]]):
+        """Go through (goal, gripper, dwell steps) waypoints in order; hold the last one."""
+        goal, gripper, dwell = waypoints[min(self.phase, len(waypoints) - 1)]
+        velocity, reached = self._toward(goal)
+        if reached and self.phase < len(waypoints) - 1:
+            self.wait += 1
+            if self.wait > dwell:
+                self.phase += 1
+                self.wait = 0
+        return velocity, gripper
+
+    def _reach(self, cube: np.ndarray):
+        return self._follow([(_up(cube, 0.05), 1.0, 0)])
+
+    def _push(self, cube: np.ndarray):
+        start = self.episode.start[self.episode.layout.target]
+        behind = np.array([start[0], start[1] - 0.07, CUBE_HALF])
+        return self._follow(
+            [
+                (_up(behind, APPROACH_HEIGHT), 0.0, 0),
+                (behind, 0.0, 0),
+                (np.array([start[0], start[1] + PUSH_DISTANCE - 0.05, CUBE_HALF]), 0.0, 0),
+            ]
+        )
+
+    def _pick(self, cube: np.ndarray):
+        if self.phase == 0:
+            self.grasp_at = cube.copy()
+        grasp = self.grasp_at
+        return self._follow(
+            [
+                (_up(grasp, APPROACH_HEIGHT), 1.0, 0),
+                (grasp, 1.0, 1),
+                (grasp, 0.0, 4),  # close and let the fingers settle
+                (_up(grasp, 0.15), 0.0, 0),
+            ]
+        )
+
+
+def new_episode(world: PandaWorld, task_name: str, seed: int) -> Episode:
+    """Reset ``world`` to the seeded layout of a task; same task and seed, same episode."""
+    if task_name not in TASKS:
+        raise ValueError(f"unknown task {task_name!r}; choose one of {', '.join(TASKS)}")
+    task_id = list(TASKS).index(task_name)
+    layout = sample_layout(task_name, np.random.default_rng([task_id, seed]))
+    world.reset(layout)
+    return Episode(TASKS[task_name], layout, {c: world.cube_position(c) for c in layout.cubes})
