@@ -56,7 +56,7 @@ def image_to_rgb(msg) -> np.ndarray:
     rows = data.reshape(height, step)[:, : width * channels]
     pixels = rows.reshape(height, width, channels)
     if msg.encoding == "rgb8":
-        return np.ascontiguousarray(pixels)
+        return pixels.copy()  # owned and writable, not a view of the message buffer
     return cv2.cvtColor(np.ascontiguousarray(pixels), TO_RGB[msg.encoding])
 
 

@@ -48,3 +48,18 @@ def test_node_executable_is_installed_for_ros2_run():
     assert "scripts/kerv_node" in cmake
     assert "DIRECTORY launch config" in cmake
     assert "kerv_node = kerv_ros.node:main" in (LAUNCH.parents[1] / "setup.py").read_text()
+
+
+def test_demo_launch_starts_sim_and_node():
+    tree = ast.parse((LAUNCH.parent / "demo.launch.py").read_text())
+    names = {c.args[0].value for c in calls(tree, "DeclareLaunchArgument")}
+    assert {"model_path", "mode", "task", "seed", "episodes"} <= names
+    executables = {
+        k.value.value
+        for call in calls(tree, "Node") + calls(tree, "LifecycleNode")
+        for k in call.keywords
+        if k.arg == "executable"
+    }
+    assert executables == {"sim_node", "kerv_node"}
+    cmake = (LAUNCH.parents[1] / "CMakeLists.txt").read_text()
+    assert "scripts/sim_node" in cmake

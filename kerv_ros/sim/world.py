@@ -224,7 +224,9 @@ class PandaWorld:
             maxNumIterations=60,
             residualThreshold=1e-5,
         )
-        q_target = np.clip(np.array(solution[:7]), self.lower + 0.01, self.upper - 0.01)
+        solved = np.array(solution[:7])
+        q_target = np.clip(solved, self.lower + 0.01, self.upper - 0.01)
+        report.clamped |= bool(np.any(q_target != solved))
         velocity = (q_target - q) / dt
         limited = np.clip(velocity, -self.max_velocity, self.max_velocity)
         report.clamped |= bool(np.any(limited != velocity))

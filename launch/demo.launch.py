@@ -1,0 +1,55 @@
+"""The demo: the simulated Panda (sim_node) driven by kerv_node.
+
+``ros2 launch kerv_ros demo.launch.py task:=pick episodes:=5 model_path:=default``.
+Without launch_ros, ``kerv sim run`` starts the same two processes.
+"""
+
+from pathlib import Path
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.parameter_descriptions import ParameterValue
+
+
+def generate_launch_description() -> LaunchDescription:
+    share = Path(get_package_share_directory("kerv_ros"))
+    args = [
+        DeclareLaunchArgument("params_file", default_value=str(share / "config" / "kerv.yaml")),
+        DeclareLaunchArgument("model_path", default_value="default"),
+        DeclareLaunchArgument("mode", default_value="spec"),
+        DeclareLaunchArgument("task", default_value="reach", description="reach | push | pick"),
+        DeclareLaunchArgument("seed", default_value="1000"),
+        DeclareLaunchArgument("episodes", default_value="3"),
+    ]
+    sim = Node(
+        package="kerv_ros",
+        executable="sim_node",
+        name="kerv_sim",
+        output="screen",
+        parameters=[
+            {
+                "task": LaunchConfiguration("task"),
+                "seed": ParameterValue(LaunchConfiguration("seed"), value_type=int),
+                "episodes": ParameterValue(LaunchConfiguration("episodes"), value_type=int),
+            }
+        ],
+    )
+    kerv = LifecycleNode(
+        package="kerv_ros",
+        executable="kerv_node",
+        name="kerv_node",
+        namespace="",
+        output="screen",
+        parameters=[
+            LaunchConfiguration("params_file"),
+            {
+                "model": LaunchConfiguration("model_path"),
+                "mode": LaunchConfiguration("mode"),
+                "autostart": True,
+            },
+        ],
+    )
+    return LaunchDescription([*args, kerv, sim])
