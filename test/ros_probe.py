@@ -6,7 +6,6 @@ runs in its own process, started from its console script.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profi
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64, String
 
+from kerv_ros import processes
 from kerv_ros.bench import synthetic_observations
 from kerv_ros.config import PANDA_ARM_JOINTS
 from kerv_ros.ros_io import rgb_to_image_fields
@@ -51,20 +51,11 @@ def start_node(log_path: Path, *params: str, name: str = "kerv_node") -> subproc
     ]
     for param in params:
         args += ["-p", param]
-    log = open(log_path, "w")  # noqa: SIM115 - closed by stop_node
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
-    proc.log_file = log
-    return proc
+    return processes.start(args, log_path)
 
 
 def stop_node(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    proc.log_file.close()
+    processes.stop(proc)
 
 
 def good_image(width=640, height=480) -> Image:

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from models import TINY
 
 from kerv_ros.bench import synthetic_observations
 from kerv_ros.config import (
@@ -18,7 +19,7 @@ from kerv_ros.config import (
     params_of,
 )
 from kerv_ros.decoding.engine import DecodeEngine
-from kerv_ros.policy.vla import DefaultVLA, VLAConfig
+from kerv_ros.policy.vla import DefaultVLA
 
 
 @pytest.mark.parametrize(
@@ -49,16 +50,7 @@ def test_threshold_is_zero_outside_relaxed_mode():
 
 
 def test_engine_refuses_speculation_without_drafter_and_keeps_old_config():
-    backend = DefaultVLA.random(
-        VLAConfig(
-            image_size=32,
-            text_hidden=64,
-            text_layers=1,
-            vision_hidden=32,
-            vision_layers=1,
-            text_intermediate=128,
-        )
-    )
+    backend = DefaultVLA.random(TINY)
     engine = DecodeEngine(backend, None, EngineConfig(mode="ar"))
     with pytest.raises(ValueError, match="needs a drafter"):
         engine.configure(EngineConfig(mode="spec"))

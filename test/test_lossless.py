@@ -9,6 +9,7 @@ import pytest
 from drafters import ScriptedDrafter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from models import SMALL
 
 from kerv_ros.bench import synthetic_observations
 from kerv_ros.config import DraftConfig, EngineConfig
@@ -16,16 +17,6 @@ from kerv_ros.decoding.drafter import EagleConfig, EagleDrafter
 from kerv_ros.decoding.engine import DecodeEngine, TokenSource
 from kerv_ros.policy.vla import DefaultVLA, VLAConfig
 
-SMALL = VLAConfig(
-    image_size=64,
-    patch_size=16,
-    vision_hidden=64,
-    vision_layers=1,
-    text_hidden=128,
-    text_layers=2,
-    text_heads=4,
-    text_intermediate=256,
-)
 EXACT_CONFIGS = [
     EngineConfig(mode="spec"),
     EngineConfig(mode="spec_relaxed", relaxed_threshold=0),

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from models import TINY
 
 from kerv_ros.actions import NormStats
 from kerv_ros.bench import synthetic_observations
@@ -13,16 +14,7 @@ from kerv_ros.decoding.engine import DecodeEngine
 from kerv_ros.loading import DRAFTER_FILE, load_policy
 from kerv_ros.policy.backend import Observation
 from kerv_ros.policy.openvla import OpenVLABackend, check_checkpoint
-from kerv_ros.policy.vla import DefaultVLA, VLAConfig
-
-TINY = VLAConfig(
-    image_size=32,
-    vision_hidden=32,
-    vision_layers=1,
-    text_hidden=64,
-    text_layers=1,
-    text_intermediate=128,
-)
+from kerv_ros.policy.vla import DefaultVLA
 
 
 def test_default_vla_save_load_round_trip(tmp_path):

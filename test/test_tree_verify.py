@@ -4,20 +4,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from models import SMALL_SHARP as SMALL
 
 from kerv_ros.bench import synthetic_observations
 from kerv_ros.policy.backend import tree_attention
-from kerv_ros.policy.vla import DefaultVLA, VLAConfig
-
-SMALL = VLAConfig(
-    image_size=64,
-    vision_hidden=64,
-    vision_layers=1,
-    text_hidden=128,
-    text_layers=2,
-    text_intermediate=256,
-    initializer_range=0.1,
-)
+from kerv_ros.policy.vla import DefaultVLA
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ What ``launch/demo.launch.py`` does on a machine with ROS 2, for machines withou
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -17,30 +16,13 @@ import rclpy
 from lifecycle_msgs.srv import GetState
 from std_msgs.msg import String
 
-from kerv_ros import loopback
+from kerv_ros import loopback, processes
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "kerv.yaml"
 
 
 def _script(name: str) -> str:
     return str(Path(sys.executable).parent / name)
-
-
-def _start(args: list[str], log: Path) -> subprocess.Popen:
-    handle = open(log, "w")  # noqa: SIM115 - owned by the process record
-    proc = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, env=os.environ.copy())
-    proc.log_handle = handle
-    return proc
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    proc.log_handle.close()
 
 
 def run(
@@ -69,11 +51,11 @@ def run(
             args = [_script("kerv-node"), "--ros-args", "--params-file", str(REPO_CONFIG)]
             for param in params:
                 args += ["-p", param]
-            kerv = _start(args, log_dir / "kerv_node.log")
+            kerv = processes.start(args, log_dir / "kerv_node.log")
             _wait_active(listener, kerv, timeout_s)
         for task in tasks:
             before = len(reports)
-            sim = _start(
+            sim = processes.start(
                 [
                     _script("kerv-sim-node"),
                     "--ros-args",
@@ -97,10 +79,10 @@ def run(
                         )
                     rclpy.spin_once(listener, timeout_sec=0.1)
             finally:
-                _stop(sim)
+                processes.stop(sim)
     finally:
         if kerv is not None:
-            _stop(kerv)
+            processes.stop(kerv)
         listener.destroy_node()
         rclpy.try_shutdown()
     return reports
