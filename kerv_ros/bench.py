@@ -36,7 +36,8 @@ def synthetic_observations(count: int, seed: int, size: int = 128) -> list[Obser
             image[y : y + side, x : x + side] = colour
         noise = rng.integers(-8, 9, size=image.shape)
         image = np.clip(image.astype(np.int16) + noise, 0, 255).astype(np.uint8)
-        observations.append(Observation(image, str(rng.choice(INSTRUCTIONS))))
+        state = rng.normal(0.0, 0.5, size=7)  # arm joint positions, radians
+        observations.append(Observation(image, str(rng.choice(INSTRUCTIONS)), state))
     return observations
 
 

@@ -177,12 +177,160 @@ def _run_closed_loop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train the default policy or a drafter from bags")
+    train = p.add_subparsers(dest="train_command", required=True)
+    pol = train.add_parser("policy", help="the default VLA from demonstration bags")
+    pol.add_argument("bags", nargs="+", type=Path, help="rosbag2 directories or folders of them")
+    pol.add_argument("-o", "--output", type=Path, required=True, help="model directory")
+    pol.add_argument("--steps", type=int, default=3000)
+    pol.add_argument("--batch-size", type=int, default=32)
+    pol.add_argument("--lr", type=float, default=1e-3)
+    pol.add_argument("--seed", type=int, default=0)
+    pol.add_argument("--no-bf16", action="store_true", help="train in float32")
+    pol.add_argument(
+        "--control-rate",
+        type=float,
+        default=10.0,
+        help="Hz the commands were sent at (twist x period = action delta)",
+    )
+    pol.set_defaults(func=_run_train_policy)
+    dra = train.add_parser("drafter", help="an EAGLE drafter for a policy, from bags")
+    dra.add_argument("bags", nargs="+", type=Path)
+    dra.add_argument("--model", required=True, help="default | checkpoint directory")
+    dra.add_argument("-o", "--output", type=Path, required=True, help="drafter .safetensors")
+    dra.add_argument("--epochs", type=int, default=4)
+    dra.add_argument("--max-samples", type=int, default=3000)
+    dra.add_argument("--seed", type=int, default=0)
+    dra.add_argument("--control-rate", type=float, default=10.0)
+    dra.add_argument("--trust-remote-code", action="store_true")
+    dra.set_defaults(func=_run_train_drafter)
+
+
+def _run_train_policy(args: argparse.Namespace) -> int:
+    import time
+
+    from kerv_ros.training import PolicyTraining, load_demonstrations, train_policy
+
+    config = PolicyTraining(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        bf16=not args.no_bf16,
+    )
+    start = time.perf_counter()
+    demos = load_demonstrations(args.bags, config.vla.image_size, args.control_rate)
+    print(f"{len(demos)} samples from {len(set(demos.episodes.tolist()))} episodes")
+    backend, history = train_policy(demos, config)
+    backend.save(args.output)
+    record = {
+        "command": " ".join(sys.argv),
+        "samples": len(demos),
+        "seconds": time.perf_counter() - start,
+        "history": history,
+    }
+    (args.output / "training.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+    print(f"saved {args.output} after {record['seconds'] / 60:.1f} min; last {history[-1]}")
+    return 0
+
+
+def _run_train_drafter(args: argparse.Namespace) -> int:
+    import time
+
+    from kerv_ros.loading import load_policy
+    from kerv_ros.training import (
+        DrafterTraining,
+        load_demonstrations,
+        observations_of,
+        train_drafter,
+    )
+
+    start = time.perf_counter()
+    backend, _ = load_policy(args.model, trust_remote_code=args.trust_remote_code)
+    size = getattr(getattr(backend, "config", None), "image_size", 224)
+    demos = load_demonstrations(args.bags, size, args.control_rate)
+    config = DrafterTraining(epochs=args.epochs, max_samples=args.max_samples, seed=args.seed)
+    drafter, history = train_drafter(backend, observations_of(demos), config)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    drafter.save(args.output)
+    record = {
+        "command": " ".join(sys.argv),
+        "seconds": time.perf_counter() - start,
+        "history": history,
+    }
+    args.output.with_suffix(".training.json").write_text(json.dumps(record, indent=1))
+    print(f"saved {args.output} after {record['seconds'] / 60:.1f} min; last {history[-1]}")
+    return 0
+
+
+def _eval_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="closed-loop success in the simulator per task and mode")
+    p.add_argument(
+        "--closed-loop",
+        action="store_true",
+        required=True,
+        help="run the policy in the simulator (offline bag replay comes later)",
+    )
+    p.add_argument("--model", default="default")
+    p.add_argument("--modes", default="ar")
+    p.add_argument("--tasks", default="reach,push,pick")
+    p.add_argument("--episodes", type=int, default=10, help="episodes per task and mode")
+    p.add_argument("--seed", type=int, default=1000, help="first episode seed")
+    p.add_argument("--threshold", type=int, default=EngineConfig.relaxed_threshold)
+    p.add_argument("-o", "--output", type=Path, help="write results.json here")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from kerv_ros.evaluation import closed_loop, summarise
+    from kerv_ros.loading import load_policy
+
+    config = EngineConfig(relaxed_threshold=args.threshold)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for mode in modes:
+        config.with_mode(mode)
+    backend, drafter = load_policy(args.model)
+    report = {}
+    for mode in modes:
+        results = closed_loop(
+            backend, drafter, config.with_mode(mode), _tasks(args.tasks), args.episodes, args.seed
+        )
+        report[mode] = summarise(results)
+    print(
+        f"{'mode':13s} {'task':6s} {'success':>9s} {'95% CI':>13s} {'steps':>6s} "
+        f"{'step ms':>8s} {'tgt fwd':>8s} {'acc len':>8s}"
+    )
+    for mode, tasks in report.items():
+        for task, r in tasks.items():
+            low, high = r["success_ci95"]
+            print(
+                f"{mode:13s} {task:6s} {r['successes']:4d}/{r['episodes']:<4d} "
+                f"[{low:4.0%}, {high:4.0%}] {r['mean_episode_steps']:6.1f} "
+                f"{r['step_ms_median']:8.1f} {r['target_forwards_per_step']:8.2f} "
+                f"{r['mean_accepted_length']:8.2f}"
+            )
+    if args.output:
+        args.output.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "model": args.model,
+            "seed": args.seed,
+            "episodes": args.episodes,
+            "closed_loop": report,
+        }
+        (args.output / "results.json").write_text(json.dumps(payload, indent=2))
+        print(f"wrote {args.output / 'results.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kerv", description="kerv_ros command-line tool")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     _bench_parser(sub)
     _sim_parser(sub)
+    _train_parser(sub)
+    _eval_parser(sub)
     return parser
 
 

@@ -272,7 +272,9 @@ class KervNode(Node):
             self._engine = DecodeEngine(backend, drafter, self._engine_config)
             # One step on a blank image: lazy initialisation (allocator, kernels) happens here,
             # not in the first command the arm receives.
-            self._engine.step(Observation(np.full((64, 64, 3), 128, np.uint8), "warm up"))
+            blank = np.full((64, 64, 3), 128, np.uint8)
+            joints = np.zeros(len(self._control.joint_names))
+            self._engine.step(Observation(blank, "warm up", joints))
         except Exception as err:  # a model that fails to load must not take the node down
             reason = f"configure failed: {type(err).__name__}: {err}"
             self.get_logger().error(reason)
@@ -358,7 +360,8 @@ class KervNode(Node):
         if not instruction.strip():
             raise ros_io.StaleInputError("no instruction (topic ~/instruction or parameter)")
         sample = ros_io.joint_sample(joints.msg, self._control.joint_names)
-        return Observation(ros_io.image_to_rgb(image.msg), instruction), sample
+        rgb = ros_io.image_to_rgb(image.msg)
+        return Observation(rgb, instruction, sample.positions), sample
 
     # --- the control loop -----------------------------------------------------------------
 

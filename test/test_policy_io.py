@@ -79,7 +79,7 @@ def test_any_image_size_is_resized():
 def test_prompt_is_openvlas():
     backend = DefaultVLA.random(TINY)
     ids = backend.prompt_ids("Pick up the Red cube")
-    text = backend.text_tokenizer.decode(ids[1 + TINY.image_tokens :])
+    text = backend.text_tokenizer.decode(ids[2 + TINY.image_tokens :])  # bos, image, state
     assert text == "In: What action should the robot take to pick up the red cube?\nOut:"
 
 

@@ -20,10 +20,15 @@ from kerv_ros.actions import ActionTokenizer, NormStats
 
 @dataclass
 class Observation:
-    """One control tick's input: an RGB image (H x W x 3, uint8) and the instruction."""
+    """One control tick's input.
+
+    An RGB image (H x W x 3, uint8), the instruction, and the arm's joint positions
+    (proprioception) for policies that read them.
+    """
 
     image: np.ndarray
     instruction: str
+    state: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         image = np.asarray(self.image)
@@ -35,6 +40,10 @@ class Observation:
             raise ValueError(f"image too small: {image.shape[:2]}")
         if not self.instruction or not self.instruction.strip():
             raise ValueError("instruction is empty")
+        if self.state is not None:
+            self.state = np.asarray(self.state, dtype=np.float32)
+            if self.state.ndim != 1 or not np.all(np.isfinite(self.state)):
+                raise ValueError(f"state must be a finite vector, got {self.state}")
         self.image = image
 
 

@@ -6,7 +6,12 @@ cost ratios carry over: prefill of image + prompt costs a few decode steps.
 
 Vocabulary layout (text is byte-level, so no tokenizer file is needed):
 ``0 pad, 1 eos, 2 unk, 3..258 UTF-8 bytes`` (transformers' ``ByT5Tokenizer``), ``259 bos``,
-``260 image placeholder``, then the 256 action tokens at the top: ``261 .. 516``.
+``260 image placeholder``, ``261 state placeholder``, then the 256 action tokens at the top:
+``262 .. 517``.
+
+Sequence: ``bos, image tokens, state token, prompt``. The state token is the arm's joint
+positions through a linear projection: many VLAs read proprioception beside the image, and a
+small policy trained on a CPU learns where the gripper is far faster from it than from pixels.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
 from transformers import (
     ByT5Tokenizer,
     LlamaConfig,
@@ -33,10 +40,12 @@ from kerv_ros.policy.hf_backend import HFDecoderBackend
 BYTE_VOCAB = 259  # ByT5: pad, eos, unk + 256 bytes
 BOS_ID = 259
 IMAGE_ID = 260
-TEXT_VOCAB = 261
+STATE_ID = 261
+TEXT_VOCAB = 262
 VOCAB_SIZE = TEXT_VOCAB + N_BINS
 
 POLICY_FILE = "kerv_policy.json"
+STATE_FILE = "state_projector.safetensors"
 STATS_FILE = "dataset_statistics.json"
 FORMAT_VERSION = 1
 
@@ -56,6 +65,8 @@ class VLAConfig:
     text_intermediate: int = 688
     max_positions: int = 256
     initializer_range: float = 0.02
+    state_dim: int = 7
+    """Length of the proprioceptive state (arm joint positions); 0 = no state token."""
 
     @property
     def image_tokens(self) -> int:
@@ -104,6 +115,7 @@ class DefaultVLA(HFDecoderBackend):
         config: VLAConfig,
         norm_stats: NormStats,
         device: str | torch.device = "cpu",
+        state_projector: nn.Linear | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -115,13 +127,22 @@ class DefaultVLA(HFDecoderBackend):
         self.lm_head = model.lm_head
         self.text_config = model.config.text_config
         self.hidden_size = config.text_hidden
+        if config.state_dim and state_projector is None:
+            state_projector = nn.Linear(config.state_dim, config.text_hidden)
+        self.state_projector = state_projector.to(self.device) if state_projector else None
         self._init_action_head()
+
+    def parameters(self):
+        """Every trainable tensor: the transformers model and the state projector."""
+        yield from self.model.parameters()
+        if self.state_projector is not None:
+            yield from self.state_projector.parameters()
 
     @classmethod
     def random(
         cls, config: VLAConfig | None = None, seed: int = 0, norm_stats: NormStats | None = None
     ) -> DefaultVLA:
-        """A randomly initialised model: for tests and for benchmarking the engine itself."""
+        """A randomly initialised model: for tests, benchmarks of the engine, and training."""
         config = config or VLAConfig()
         torch.manual_seed(seed)
         model = LlavaForConditionalGeneration(config.to_hf())
@@ -144,36 +165,78 @@ class DefaultVLA(HFDecoderBackend):
             )
         config = VLAConfig(**meta["vla_config"])
         model = LlavaForConditionalGeneration.from_pretrained(directory, attn_implementation="sdpa")
-        return cls(model, config, NormStats.from_json(directory / STATS_FILE), device)
+        projector = None
+        if config.state_dim:
+            if not (directory / STATE_FILE).is_file():
+                raise FileNotFoundError(
+                    f"{directory} is not a kerv_ros policy: {STATE_FILE} missing"
+                )
+            projector = nn.Linear(config.state_dim, config.text_hidden)
+            projector.load_state_dict(load_file(str(directory / STATE_FILE)))
+        stats = NormStats.from_json(directory / STATS_FILE)
+        return cls(model, config, stats, device, projector)
 
     def save(self, directory: str | Path, dataset_name: str = "kerv_sim") -> None:
         """Safetensors + transformers config + our config + OpenVLA-layout statistics."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(directory)
+        if self.state_projector is not None:
+            tensors = {k: v.contiguous() for k, v in self.state_projector.state_dict().items()}
+            save_file(tensors, str(directory / STATE_FILE))
         meta = {"format_version": FORMAT_VERSION, "vla_config": asdict(self.config)}
         (directory / POLICY_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         stats = {dataset_name: {"action": self.norm_stats.to_dict()}}
         (directory / STATS_FILE).write_text(json.dumps(stats, indent=2), encoding="utf-8")
 
     def prompt_ids(self, instruction: str) -> list[int]:
-        """``bos, image placeholders, prompt bytes``: OpenVLA's order (image right after BOS)."""
-        text = self.text_tokenizer(openvla_prompt(instruction), add_special_tokens=False)
-        return [BOS_ID] + [IMAGE_ID] * self.config.image_tokens + text["input_ids"]
+        """``bos, image placeholders, state, prompt bytes``.
 
-    def pixel_values(self, image: np.ndarray) -> torch.Tensor:
-        """uint8 RGB (any size) -> 1 x 3 x S x S in [-1, 1], SigLIP's normalisation."""
+        The image comes right after BOS as in OpenVLA, then the proprioceptive state.
+        """
+        text = self.text_tokenizer(openvla_prompt(instruction), add_special_tokens=False)
+        state = [STATE_ID] if self.config.state_dim else []
+        return [BOS_ID] + [IMAGE_ID] * self.config.image_tokens + state + text["input_ids"]
+
+    def pixel_values(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 RGB (H x W x 3 or B x H x W x 3, any size) -> B x 3 x S x S in [-1, 1]."""
+        images = images[None] if images.ndim == 3 else images
         size = self.config.image_size
-        if image.shape[:2] != (size, size):
-            image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-        pixels = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
-        return (pixels.permute(2, 0, 1)[None].float() / 127.5) - 1.0
+        if images.shape[1:3] != (size, size):
+            images = np.stack(
+                [cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images]
+            )
+        pixels = torch.from_numpy(np.array(images, dtype=np.uint8)).to(self.device)
+        return (pixels.permute(0, 3, 1, 2).float() / 127.5) - 1.0
+
+    def encode(
+        self, images: np.ndarray, instructions: list[str], states: np.ndarray | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A batch of observations -> input embeddings, attention mask, position ids.
+
+        Prompts of different lengths are left-padded; position ids start at 0 on each row's BOS,
+        so a padded row is computed exactly as it would be alone.
+        """
+        rows = [self.prompt_ids(text) for text in instructions]
+        length = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), length, dtype=torch.long, device=self.device)
+        mask = torch.zeros(len(rows), length, dtype=torch.long, device=self.device)
+        for i, row in enumerate(rows):
+            ids[i, length - len(row) :] = torch.tensor(row, device=self.device)
+            mask[i, length - len(row) :] = 1
+        position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        embeds = self.embed_tokens(ids)
+        features = self.model.model.get_image_features(pixel_values=self.pixel_values(images))
+        features = torch.cat(list(features.pooler_output), dim=0).to(embeds.dtype)
+        embeds = embeds.masked_scatter((ids == IMAGE_ID)[..., None], features)
+        if self.state_projector is not None:
+            if states is None:
+                raise ValueError("this policy reads the joint state; the observation has none")
+            state = torch.as_tensor(np.asarray(states), dtype=embeds.dtype, device=self.device)
+            projected = self.state_projector(state.reshape(len(rows), -1)).to(embeds.dtype)
+            embeds = embeds.masked_scatter((ids == STATE_ID)[..., None], projected)
+        return embeds, mask, position_ids
 
     def _prefill_embeds(self, observation: Observation) -> torch.Tensor:
-        ids = torch.tensor([self.prompt_ids(observation.instruction)], device=self.device)
-        embeds = self.embed_tokens(ids)
-        features = self.model.model.get_image_features(
-            pixel_values=self.pixel_values(observation.image)
-        ).pooler_output
-        features = torch.cat(list(features), dim=0).to(embeds.dtype)
-        return embeds.masked_scatter((ids == IMAGE_ID)[..., None], features)
+        states = None if observation.state is None else observation.state[None]
+        return self.encode(observation.image, [observation.instruction], states)[0]

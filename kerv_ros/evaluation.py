@@ -1,0 +1,121 @@
+"""Closed-loop evaluation in the simulator, in one process (no ROS): success per task and mode.
+
+The loop does what kerv_node and sim_node do across processes, with the same conversions
+(``ros_io.action_to_twist``, ``ros_io.gripper_opening``): observe (image, instruction, arm joint
+positions), decode one action step, command the arm for one control period. Seeds are fixed,
+so two runs give the same episodes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from kerv_ros.config import ControlConfig, EngineConfig
+from kerv_ros.decoding.drafter import Drafter
+from kerv_ros.decoding.engine import DecodeEngine, StepResult
+from kerv_ros.policy.backend import Observation, PolicyBackend
+from kerv_ros.ros_io import action_to_twist, gripper_opening
+from kerv_ros.sim.tasks import new_episode, succeeded
+from kerv_ros.sim.world import PandaWorld, SimConfig
+
+EVAL_SEED = 1000
+"""First evaluation seed: demonstrations for the default model use seeds below it."""
+
+
+@dataclass
+class EpisodeResult:
+    task: str
+    seed: int
+    mode: str
+    success: bool
+    steps: int
+    results: list[StepResult] = field(default_factory=list, repr=False)
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a success rate."""
+    if trials == 0:
+        return 0.0, 1.0
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = (
+        z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    )
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def run_episode(
+    world: PandaWorld, engine: DecodeEngine, task: str, seed: int, control: ControlConfig
+) -> EpisodeResult:
+    """One policy episode until success or the task's step limit."""
+    episode = new_episode(world, task, seed)
+    instruction = episode.task.instruction(episode.layout.target)
+    normalised_gripper = not bool(np.asarray(engine.backend.norm_stats.mask)[6])
+    result = EpisodeResult(task, seed, engine.config.mode, False, 0)
+    for step in range(episode.task.max_steps):
+        observation = Observation(world.render(), instruction, world.joints().positions[:7])
+        decoded = engine.step(observation)
+        result.results.append(decoded)
+        linear, angular = action_to_twist(
+            decoded.raw_action,
+            control.period_s,
+            control.max_linear_speed,
+            control.max_angular_speed,
+        )
+        world.apply(linear, angular, gripper_opening(decoded.raw_action, normalised_gripper))
+        result.steps = step + 1
+        if succeeded(world, episode):
+            result.success = True
+            break
+    return result
+
+
+def closed_loop(
+    backend: PolicyBackend,
+    drafter: Drafter | None,
+    config: EngineConfig,
+    tasks: list[str],
+    episodes: int,
+    seed: int = EVAL_SEED,
+    progress: bool = True,
+) -> list[EpisodeResult]:
+    """``episodes`` seeded episodes per task in the configured mode."""
+    control = ControlConfig()
+    world = PandaWorld(SimConfig(image_size=128, control_rate_hz=control.control_rate_hz))
+    engine = DecodeEngine(backend, drafter, config)
+    out = []
+    try:
+        jobs = [(task, seed + i) for task in tasks for i in range(episodes)]
+        bar = tqdm(jobs, desc=f"closed loop {config.mode}", unit="episode", disable=not progress)
+        for task, episode_seed in bar:
+            out.append(run_episode(world, engine, task, episode_seed, control))
+            bar.set_postfix(success=f"{sum(r.success for r in out)}/{len(out)}")
+    finally:
+        world.close()
+    return out
+
+
+def summarise(results: list[EpisodeResult]) -> dict[str, dict[str, float]]:
+    """Per task: success rate with its Wilson interval, mean steps, step ms, forwards."""
+    summary = {}
+    for task in sorted({r.task for r in results}):
+        runs = [r for r in results if r.task == task]
+        steps = [s for r in runs for s in r.results]
+        wins = sum(r.success for r in runs)
+        low, high = wilson_interval(wins, len(runs))
+        accepted = [n for s in steps for n in s.accepted_lengths]
+        summary[task] = {
+            "episodes": len(runs),
+            "successes": wins,
+            "success_rate": wins / len(runs),
+            "success_ci95": [low, high],
+            "mean_episode_steps": float(np.mean([r.steps for r in runs])),
+            "step_ms_median": float(np.median([s.timings.total_ms for s in steps])),
+            "target_forwards_per_step": float(np.mean([s.target_forwards for s in steps])),
+            "mean_accepted_length": float(np.mean(accepted)) if accepted else 0.0,
+        }
+    return summary

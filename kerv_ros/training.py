@@ -1,0 +1,349 @@
+"""Training the default policy and the drafter from rosbag2 demonstrations.
+
+Demonstrations are read the way a real recording is: every twist command is paired with the
+newest camera image, joint state, gripper command and instruction at or before it, so bags
+recorded on an arm running kerv_node (or any MoveIt Servo commander) train the same way as the
+simulator's.
+
+The policy is trained with teacher forcing on OpenVLA action tokens (cross-entropy over the 256
+action rows). The drafter follows Spec-VLA's recipe on the target's own outputs: the target
+decodes each observation greedily, and the EAGLE head learns to regress the target's next
+hidden state and to predict its next token from it, with noise on its input features.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from rosbags.rosbag2 import Reader
+from torch import nn
+from tqdm import tqdm
+
+from kerv_ros import bags
+from kerv_ros.actions import ACTION_DIMS, NormStats
+from kerv_ros.config import PANDA_ARM_JOINTS, DraftConfig, EngineConfig
+from kerv_ros.decoding.drafter import EagleConfig, EagleDrafter
+from kerv_ros.decoding.engine import DecodeEngine
+from kerv_ros.policy.backend import Observation, PolicyBackend
+from kerv_ros.policy.vla import DefaultVLA, VLAConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Demonstrations:
+    """Aligned training samples: what the policy saw and what the demonstrator commanded."""
+
+    images: np.ndarray  # N x S x S x 3 uint8
+    states: np.ndarray  # N x J float32, arm joint positions
+    instructions: list[str]
+    actions: np.ndarray  # N x 7 raw: xyz delta (m), rpy delta (rad) per period, gripper 0..1
+    episodes: np.ndarray  # N, index of the bag each sample came from
+
+    def __len__(self) -> int:
+        return len(self.instructions)
+
+
+def bag_paths(paths: list[Path]) -> list[Path]:
+    """Bags named directly, or every bag (a directory with metadata.yaml) below a directory."""
+    found = []
+    for path in paths:
+        if (path / "metadata.yaml").is_file():
+            found.append(path)
+        elif path.is_dir():
+            found.extend(sorted(p.parent for p in path.glob("*/metadata.yaml")))
+        else:
+            raise FileNotFoundError(f"not a rosbag2 directory or a folder of them: {path}")
+    if not found:
+        raise FileNotFoundError(f"no rosbag2 bags in {', '.join(map(str, paths))}")
+    return found
+
+
+def _latest(stamps: list[int], t: int) -> int | None:
+    """Index of the last stamp <= t (stamps sorted), or None."""
+    index = int(np.searchsorted(np.asarray(stamps), t, side="right")) - 1
+    return index if index >= 0 else None
+
+
+def load_demonstrations(
+    paths: list[Path],
+    image_size: int,
+    control_rate_hz: float = 10.0,
+    joint_names: tuple[str, ...] = PANDA_ARM_JOINTS,
+    progress: bool = True,
+) -> Demonstrations:
+    """Read command-aligned samples from rosbag2 files (see the module docstring)."""
+    store = bags.typestore()
+    period = 1.0 / control_rate_hz
+    images, states, instructions, actions, episodes = [], [], [], [], []
+    for episode, path in enumerate(tqdm(bag_paths(paths), desc="read bags", disable=not progress)):
+        streams: dict[str, list] = {}
+        with Reader(path) as reader:
+            for connection, stamp, raw in reader.messages():
+                streams.setdefault(connection.topic, []).append(
+                    (stamp, store.deserialize_cdr(raw, connection.msgtype))
+                )
+        missing = {bags.IMAGE_TOPIC, bags.JOINT_STATES_TOPIC, bags.TWIST_TOPIC} - set(streams)
+        if missing or bags.INSTRUCTION_TOPIC not in streams:
+            log.warning("%s: skipped, lacks %s", path, sorted(missing) or ["instruction"])
+            continue
+        lookup = {topic: [s for s, _ in items] for topic, items in streams.items()}
+        for stamp, twist in streams[bags.TWIST_TOPIC]:
+            i = _latest(lookup[bags.IMAGE_TOPIC], stamp)
+            j = _latest(lookup[bags.JOINT_STATES_TOPIC], stamp)
+            k = _latest(lookup[bags.INSTRUCTION_TOPIC], stamp)
+            if i is None or j is None or k is None:
+                continue
+            g = _latest(lookup.get(bags.GRIPPER_TOPIC, []), stamp)
+            gripper = streams[bags.GRIPPER_TOPIC][g][1].data if g is not None else 1.0
+            image = streams[bags.IMAGE_TOPIC][i][1]
+            rgb = _image_rgb(image)
+            if rgb.shape[:2] != (image_size, image_size):
+                rgb = cv2.resize(rgb, (image_size, image_size), interpolation=cv2.INTER_AREA)
+            joints = streams[bags.JOINT_STATES_TOPIC][j][1]
+            index = {name: n for n, name in enumerate(joints.name)}
+            states.append([joints.position[index[name]] for name in joint_names])
+            images.append(rgb)
+            instructions.append(streams[bags.INSTRUCTION_TOPIC][k][1].data)
+            t = twist.twist
+            actions.append(
+                [
+                    t.linear.x * period,
+                    t.linear.y * period,
+                    t.linear.z * period,
+                    t.angular.x * period,
+                    t.angular.y * period,
+                    t.angular.z * period,
+                    gripper,
+                ]
+            )
+            episodes.append(episode)
+    if not images:
+        raise ValueError("no command-aligned samples in the bags")
+    return Demonstrations(
+        np.stack(images),
+        np.asarray(states, dtype=np.float32),
+        instructions,
+        np.asarray(actions),
+        np.asarray(episodes),
+    )
+
+
+def _image_rgb(msg) -> np.ndarray:
+    from kerv_ros.ros_io import image_to_rgb
+
+    return image_to_rgb(msg)
+
+
+def dataset_statistics(actions: np.ndarray) -> NormStats:
+    """OpenVLA's statistics: 1st/99th percentiles per dimension, every dimension rescaled."""
+    return NormStats(
+        q01=np.quantile(actions, 0.01, axis=0),
+        q99=np.quantile(actions, 0.99, axis=0),
+        mask=np.ones(actions.shape[1], dtype=bool),
+    )
+
+
+@dataclass
+class PolicyTraining:
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup: int = 200
+    weight_decay: float = 0.01
+    shift_pixels: int = 4  # random image translation, augmentation
+    bf16: bool = True
+    seed: int = 0
+    vla: VLAConfig = field(default_factory=VLAConfig)
+
+
+def _shift(images: np.ndarray, pixels: int, rng: np.random.Generator) -> np.ndarray:
+    """Translate each image by up to ``pixels`` (edge-padded): cheap position augmentation."""
+    if pixels == 0:
+        return images
+    size = images.shape[1]
+    padded = np.pad(images, ((0, 0), (pixels, pixels), (pixels, pixels), (0, 0)), mode="edge")
+    out = np.empty_like(images)
+    for n, (dy, dx) in enumerate(rng.integers(0, 2 * pixels + 1, size=(len(images), 2))):
+        out[n] = padded[n, dy : dy + size, dx : dx + size]
+    return out
+
+
+def action_logits(backend: DefaultVLA, embeds, mask, positions, tokens: torch.Tensor):
+    """Teacher-forced logits over the action rows for the 7 tokens of each sample (B x 7 x 256)."""
+    inputs = torch.cat([embeds, backend.embed_tokens(tokens[:, :-1])], dim=1)
+    extra = torch.arange(1, ACTION_DIMS, device=positions.device)
+    positions = torch.cat([positions, positions[:, -1:] + extra], dim=1)
+    mask = torch.cat([mask, torch.ones_like(tokens[:, :-1])], dim=1)
+    hidden = backend.language_model(
+        inputs_embeds=inputs, attention_mask=mask, position_ids=positions
+    ).last_hidden_state
+    return backend.hidden_to_action_logits(hidden[:, -ACTION_DIMS:])
+
+
+def train_policy(demos: Demonstrations, config: PolicyTraining, progress: bool = True):
+    """Train the default VLA from scratch on ``demos``; returns (backend, history)."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    stats = dataset_statistics(demos.actions)
+    backend = DefaultVLA.random(config.vla, seed=config.seed, norm_stats=stats)
+    tokens = torch.as_tensor(backend.action_tokenizer.encode(stats.normalize(demos.actions)))
+    first = backend.action_tokenizer.first_token
+    params = list(backend.parameters())
+    optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+    def schedule(step: int) -> float:
+        if step < config.warmup:
+            return (step + 1) / config.warmup
+        progress_ = (step - config.warmup) / max(1, config.steps - config.warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * progress_))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, schedule)
+    backend.model.train()
+    history = []
+    bar = tqdm(range(config.steps), desc="train policy", disable=not progress)
+    start = time.perf_counter()
+    for step in bar:
+        batch = rng.integers(0, len(demos), size=config.batch_size)
+        images = _shift(demos.images[batch], config.shift_pixels, rng)
+        target = tokens[batch]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+            embeds, mask, positions = backend.encode(
+                images, [demos.instructions[i] for i in batch], demos.states[batch]
+            )
+            logits = action_logits(backend, embeds, mask, positions, target)
+        loss = nn.functional.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), (target - first).reshape(-1)
+        )
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimiser.step()
+        scheduler.step()
+        if step % 25 == 0 or step == config.steps - 1:
+            predicted = logits.argmax(-1) + first
+            bins = (predicted - target).abs().float().mean().item()
+            history.append(
+                {
+                    "step": step,
+                    "loss": loss.item(),
+                    "bin_error": bins,
+                    "seconds": time.perf_counter() - start,
+                }
+            )
+            bar.set_postfix(loss=f"{loss.item():.3f}", bins=f"{bins:.1f}")
+    backend.model.eval()
+    return backend, history
+
+
+@dataclass
+class DrafterTraining:
+    epochs: int = 4
+    batch_size: int = 16
+    lr: float = 1e-3
+    feature_noise: float = 0.1  # std of the gaussian noise on input features (Spec-VLA, EAGLE)
+    feature_weight: float = 1.0
+    max_samples: int = 3000
+    seed: int = 0
+    draft: DraftConfig = field(default_factory=DraftConfig)
+
+
+@torch.inference_mode()
+def _target_sequences(backend: PolicyBackend, observations: list[Observation], progress: bool):
+    """What the drafter learns to imitate, per observation.
+
+    The target's greedy tokens and, over prefix + those tokens, its hidden states and input
+    embeddings.
+    """
+    engine = DecodeEngine(backend, None, EngineConfig(mode="ar"))
+    sequences = []
+    for observation in tqdm(observations, desc="target outputs", disable=not progress):
+        tokens = engine.step(observation).tokens
+        state = backend.prefill(observation)
+        out = backend.forward_tree(state, tokens[:-1], list(range(-1, ACTION_DIMS - 2)))
+        hidden = torch.cat([state.prefix_hidden, out.hidden]).half()
+        fed = backend.embed_tokens(torch.tensor(tokens[:-1]))  # the 7th token is never fed
+        embeds = torch.cat([state.prefix_embeds, fed])
+        sequences.append((hidden, embeds.half(), torch.tensor(tokens)))
+    return sequences
+
+
+def train_drafter(
+    backend: PolicyBackend,
+    observations: list[Observation],
+    config: DrafterTraining,
+    progress: bool = True,
+):
+    """EAGLE-style drafter for ``backend`` from its own greedy decoding of ``observations``."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    if len(observations) > config.max_samples:
+        keep = rng.choice(len(observations), config.max_samples, replace=False)
+        observations = [observations[i] for i in keep]
+    sequences = _target_sequences(backend, observations, progress)
+    backend.lm_head.weight.requires_grad_(False)  # shared with the target, not trained here
+    drafter = EagleDrafter(EagleConfig.for_target(backend.text_config), config.draft)
+    drafter.to(backend.device).train()
+    optimiser = torch.optim.AdamW(drafter.parameters(), lr=config.lr)
+    first = backend.action_tokenizer.first_token
+    history = []
+    steps = config.epochs * math.ceil(len(sequences) / config.batch_size)
+    bar = tqdm(range(steps), desc="train drafter", disable=not progress)
+    order = np.concatenate([rng.permutation(len(sequences)) for _ in range(config.epochs)])
+    for step in bar:
+        chunk = order[step * config.batch_size : (step + 1) * config.batch_size]
+        batch = [sequences[i] for i in chunk]
+        loss, accuracy = _drafter_loss(drafter, backend, batch, config, first)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(drafter.parameters(), 1.0)
+        optimiser.step()
+        if step % 20 == 0 or step == steps - 1:
+            history.append({"step": step, "loss": loss.item(), "token_accuracy": accuracy})
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{accuracy:.2f}")
+    drafter.eval()
+    return drafter, history
+
+
+def _drafter_loss(drafter, backend, batch, config: DrafterTraining, first: int):
+    """Feature regression over every position + cross-entropy on the 6 drafted action tokens.
+
+    Sequences are left-padded to one length; position ids restart at 0 on each row.
+    """
+    length = max(h.shape[0] for h, _, _ in batch)
+    size = batch[0][0].shape[1]
+    hidden = torch.zeros(len(batch), length, size)
+    embeds = torch.zeros(len(batch), length, size)
+    mask = torch.zeros(len(batch), length, dtype=torch.long)
+    for n, (h, e, _) in enumerate(batch):
+        hidden[n, length - h.shape[0] :] = h.float()
+        embeds[n, length - e.shape[0] :] = e.float()
+        mask[n, length - h.shape[0] :] = 1
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    # EAGLE pairs feature i with the embedding at i + 1 and predicts feature i + 1.
+    features = hidden[:, :-1] + config.feature_noise * torch.randn_like(hidden[:, :-1])
+    predicted = drafter(features, embeds[:, 1:], mask[:, 1:], positions[:, :-1], None)
+    valid = mask[:, 1:].bool() & mask[:, :-1].bool()
+    regression = nn.functional.smooth_l1_loss(predicted[valid], hidden[:, 1:][valid])
+    # The last 6 predictions (inputs: the feature before each of tokens 1..6) score tokens 2..7.
+    logits = backend.hidden_to_action_logits(predicted[:, -(ACTION_DIMS - 1) :])
+    targets = torch.stack([t[1:] for _, _, t in batch]) - first
+    classification = nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+    )
+    accuracy = (logits.argmax(-1) == targets).float().mean().item()
+    return config.feature_weight * regression + classification, accuracy
+
+
+def observations_of(demos: Demonstrations) -> list[Observation]:
+    return [
+        Observation(demos.images[i], demos.instructions[i], demos.states[i])
+        for i in range(len(demos))
+    ]
