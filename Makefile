@@ -1,4 +1,6 @@
 # kerv_ros on any Linux box with Python 3.11, with or without a ROS 2 install.
+#   make demo   set up .venv if needed, then the simulated arm driven by the default policy in
+#               separate processes (sim_node + kerv_node), in ar and in the fastest mode
 #   make test   set up .venv if missing or stale, then run the test suite
 #   make bench  kerv bench on a random model (speed of each decode mode vs ar)
 #   make lint   ruff
@@ -24,7 +26,12 @@ ROS_DOMAIN_ID := $(shell $(PYTHON) -c 'import random; print(random.randint(1, 10
 endif
 export ROS_DOMAIN_ID
 
-.PHONY: venv test bench lint ros-env clean
+DEMO_TASKS ?= reach,push,pick
+DEMO_EPISODES ?= 2
+DEMO_MODES ?= ar,spec
+DEMO_OUT ?= runs/demo
+
+.PHONY: venv demo test bench lint ros-env clean
 
 venv: $(STAMP)
 
@@ -38,6 +45,10 @@ $(STAMP): $(SETUP_INPUTS)
 		--config-settings editable_mode=compat -e .
 	tools/build_msgs.sh $(VENV)
 	@touch $@
+
+demo: venv
+	$(BIN)/kerv sim run --model default --task $(DEMO_TASKS) --episodes $(DEMO_EPISODES) \
+		--modes $(DEMO_MODES) -o $(DEMO_OUT)
 
 test: venv
 	$(BIN)/python -m pytest test

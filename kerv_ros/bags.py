@@ -119,10 +119,13 @@ class BagWriter:
         self._writer.set_custom_data(key, value)
 
     def write(self, topic: str, msgtype: str, stamp_ns: int, msg) -> None:
+        """Serialise a typestore message and write it."""
+        self.write_raw(topic, msgtype, stamp_ns, typestore().serialize_cdr(msg, msgtype))
+
+    def write_raw(self, topic: str, msgtype: str, stamp_ns: int, data: bytes) -> None:
+        """Write CDR bytes as received (an rclpy raw subscription records cleanly)."""
         if topic not in self._connections:
             self._connections[topic] = self._writer.add_connection(
                 topic, msgtype, typestore=typestore()
             )
-        self._writer.write(
-            self._connections[topic], stamp_ns, typestore().serialize_cdr(msg, msgtype)
-        )
+        self._writer.write(self._connections[topic], stamp_ns, data)

@@ -102,22 +102,29 @@ def _sim_parser(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=_run_expert)
     r = sim.add_parser("run", help="sim_node + kerv_node as processes, in closed loop")
     r.add_argument("--task", default=tasks, help=f"task or comma list ({tasks})")
-    r.add_argument("--episodes", type=int, default=3, help="episodes per task")
+    r.add_argument("--episodes", type=int, default=3, help="episodes per task and mode")
     r.add_argument("--seed", type=int, default=1000, help="first episode seed")
     r.add_argument("--model", default="default", help="random | default | checkpoint directory")
+    r.add_argument("--modes", default="ar", help="decode modes to run, comma list")
     r.add_argument(
         "--param",
         action="append",
         default=[],
         metavar="NAME:=VALUE",
-        help="extra kerv_node parameter, e.g. --param mode:=spec_relaxed",
+        help="extra kerv_node parameter, e.g. --param relaxed_threshold:=5",
     )
     r.add_argument(
         "--expert",
         action="store_true",
         help="let the scripted expert drive (no kerv_node): checks the loop itself",
     )
-    r.add_argument("--logs", type=Path, default=Path("runs/sim_run"), help="process logs")
+    r.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("runs/sim_run"),
+        help="bag, plot, results.json and process logs",
+    )
     r.set_defaults(func=_run_closed_loop)
 
 
@@ -165,15 +172,51 @@ def _run_expert(args: argparse.Namespace) -> int:
 
 
 def _run_closed_loop(args: argparse.Namespace) -> int:
-    from kerv_ros.sim.closed_loop import run
+    import shutil
 
-    reports = run(
-        _tasks(args.task), args.episodes, args.seed, args.model, args.param, args.expert, args.logs
+    from kerv_ros.sim import closed_loop
+
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    for mode in modes:
+        EngineConfig().with_mode(mode)
+    args.output.mkdir(parents=True, exist_ok=True)
+    bag = args.output / "bag"
+    if bag.exists():
+        shutil.rmtree(bag)
+
+    def progress(mode: str, episode: dict) -> None:
+        mark = "success" if episode["success"] else "failure"
+        print(
+            f"  [{mode}] {episode['task']} seed {episode['seed']}: {mark} in "
+            f"{episode['steps']} steps",
+            flush=True,
+        )
+
+    runs = closed_loop.run(
+        _tasks(args.task),
+        args.episodes,
+        args.seed,
+        args.model,
+        args.param,
+        args.expert,
+        args.output / "logs",
+        modes,
+        bag,
+        progress=progress,
     )
-    for report in reports:
-        print(json.dumps(report))
-    ok = sum(r["success"] for r in reports)
-    print(f"{ok}/{len(reports)} episodes successful (logs in {args.logs})")
+    table = closed_loop.summarise(runs)
+    print(closed_loop.format_table(table))
+    closed_loop.plot(runs, args.output / "demo.png")
+    payload = {
+        "model": args.model,
+        "tasks": _tasks(args.task),
+        "episodes": args.episodes,
+        "seed": args.seed,
+        "modes": table,
+        "episode_reports": {r.mode: r.episodes for r in runs},
+    }
+    (args.output / "results.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    print(f"bag: {bag}\nplot: {args.output / 'demo.png'}\nresults: {args.output / 'results.json'}")
     return 0
 
 

@@ -145,9 +145,9 @@ def test_collected_bags_read_back(tmp_path):
 
 def test_sim_node_runs_an_episode_across_processes(tmp_path):
     """sim_node in its own process, driven by its expert, reports a successful episode."""
-    reports = run_closed_loop(
+    (run,) = run_closed_loop(
         ["reach"], 1, 7, "random", [], expert=True, log_dir=tmp_path, timeout_s=120
     )
-    assert len(reports) == 1
-    assert reports[0]["task"] == "reach"
-    assert reports[0]["success"] is True
+    assert len(run.episodes) == 1
+    assert run.episodes[0]["task"] == "reach"
+    assert run.episodes[0]["success"] is True

@@ -1,7 +1,11 @@
-"""Closed loop without launch_ros: start sim_node and kerv_node as processes and run episodes.
+"""Closed loop across processes: sim_node and kerv_node, real rclpy, loopback DDS.
 
 What ``launch/demo.launch.py`` does on a machine with ROS 2, for machines without launch_ros
-(``kerv sim run``). Both processes and this one get the loopback-only DDS environment.
+(``kerv sim run``, ``make demo``). For each decode mode, kerv_node is started with that mode; for
+each task, sim_node runs the episodes and reports them. Everything kerv_node publishes
+(commands, DecodeStats) and the camera are recorded into one rosbag2 with raw subscriptions,
+and the per-mode table (success, step time, forwards, accepted length, speed-up vs ``ar``) is
+computed from the DecodeStats of that same run.
 """
 
 from __future__ import annotations
@@ -10,19 +14,44 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import rclpy
 from lifecycle_msgs.srv import GetState
+from rclpy.qos import qos_profile_sensor_data
+from rclpy.serialization import deserialize_message
 from std_msgs.msg import String
 
-from kerv_ros import loopback, processes
+from kerv_ros import bags, loopback, processes
+from kerv_ros.msg import DecodeStats
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "kerv.yaml"
+RECORDED = (
+    (bags.IMAGE_TOPIC, bags.IMAGE, "sensor_msgs.msg.Image", True),
+    (bags.TWIST_TOPIC, bags.TWIST_STAMPED, "geometry_msgs.msg.TwistStamped", False),
+    (bags.GRIPPER_TOPIC, bags.FLOAT64, "std_msgs.msg.Float64", False),
+    (bags.DECODE_STATS_TOPIC, bags.DECODE_STATS, "kerv_ros.msg.DecodeStats", False),
+)
 
 
 def _script(name: str) -> str:
     return str(Path(sys.executable).parent / name)
+
+
+def _type(dotted: str):
+    module, name = dotted.rsplit(".", 1)
+    return getattr(__import__(module, fromlist=[name]), name)
+
+
+@dataclass
+class ModeRun:
+    """One decode mode's episodes and the DecodeStats published meanwhile."""
+
+    mode: str
+    episodes: list[dict] = field(default_factory=list)
+    stats: list[DecodeStats] = field(default_factory=list)
 
 
 def run(
@@ -33,59 +62,110 @@ def run(
     node_params: list[str],
     expert: bool,
     log_dir: Path,
-    timeout_s: float = 600.0,
-) -> list[dict]:
-    """Episodes per task in closed loop; returns sim_node's episode reports."""
+    modes: tuple[str, ...] = ("ar",),
+    bag_path: Path | None = None,
+    timeout_s: float = 900.0,
+    progress=None,
+) -> list[ModeRun]:
+    """Episodes per task for every mode; see the module docstring."""
     loopback.apply()
     log_dir.mkdir(parents=True, exist_ok=True)
     rclpy.init()
     listener = rclpy.create_node("kerv_sim_run")
-    reports: list[dict] = []
+    current: list[ModeRun] = []
     listener.create_subscription(
-        String, "/kerv_sim/episode", lambda m: reports.append(json.loads(m.data)), 100
+        String, "/kerv_sim/episode", lambda m: current[-1].episodes.append(json.loads(m.data)), 100
     )
-    kerv = None
+    writer = bags.BagWriter(bag_path).__enter__() if bag_path else None
+
+    def record(topic, msgtype, cls_name):
+        def callback(raw: bytes) -> None:
+            stamp = time.time_ns()
+            if writer is not None:
+                writer.write_raw(topic, msgtype, stamp, raw)
+            if topic == bags.DECODE_STATS_TOPIC and current:
+                current[-1].stats.append(deserialize_message(raw, DecodeStats))
+
+        return callback
+
+    for topic, msgtype, cls_name, sensor in RECORDED:
+        qos = qos_profile_sensor_data if sensor else 50
+        listener.create_subscription(
+            _type(cls_name), topic, record(topic, msgtype, cls_name), qos, raw=True
+        )
     try:
-        if not expert:
-            params = [f"model:={model}", "autostart:=true", *node_params]
-            args = [_script("kerv-node"), "--ros-args", "--params-file", str(REPO_CONFIG)]
-            for param in params:
-                args += ["-p", param]
-            kerv = processes.start(args, log_dir / "kerv_node.log")
-            _wait_active(listener, kerv, timeout_s)
-        for task in tasks:
-            before = len(reports)
-            sim = processes.start(
-                [
-                    _script("kerv-sim-node"),
-                    "--ros-args",
-                    "-p",
-                    f"task:={task}",
-                    "-p",
-                    f"seed:={seed}",
-                    "-p",
-                    f"episodes:={episodes}",
-                    "-p",
-                    f"expert:={'true' if expert else 'false'}",
-                ],
-                log_dir / f"sim_node_{task}.log",
-            )
-            deadline = time.monotonic() + timeout_s
+        for mode in ["expert"] if expert else modes:
+            current.append(ModeRun(mode))
+            kerv = None
+            if not expert:
+                params = [f"model:={model}", f"mode:={mode}", "autostart:=true", *node_params]
+                args = [_script("kerv-node"), "--ros-args", "--params-file", str(REPO_CONFIG)]
+                for param in params:
+                    args += ["-p", param]
+                kerv = processes.start(args, log_dir / f"kerv_node_{mode}.log")
+                _wait_active(listener, kerv, timeout_s)
             try:
-                while len(reports) - before < episodes:
-                    if time.monotonic() > deadline or sim.poll() is not None:
-                        raise RuntimeError(
-                            f"sim_node for {task} stopped or timed out; see {log_dir}"
-                        )
-                    rclpy.spin_once(listener, timeout_sec=0.1)
+                for task in tasks:
+                    _run_task(
+                        listener,
+                        current[-1],
+                        task,
+                        episodes,
+                        seed,
+                        expert,
+                        log_dir,
+                        timeout_s,
+                        progress,
+                    )
             finally:
-                processes.stop(sim)
+                if kerv is not None:
+                    processes.stop(kerv)
     finally:
-        if kerv is not None:
-            processes.stop(kerv)
+        if writer is not None:
+            writer.__exit__(None, None, None)
         listener.destroy_node()
         rclpy.try_shutdown()
-    return reports
+    return current
+
+
+def _run_task(
+    listener,
+    mode_run: ModeRun,
+    task: str,
+    episodes: int,
+    seed: int,
+    expert: bool,
+    log_dir: Path,
+    timeout_s: float,
+    progress,
+) -> None:
+    before = len(mode_run.episodes)
+    sim = processes.start(
+        [
+            _script("kerv-sim-node"),
+            "--ros-args",
+            "-p",
+            f"task:={task}",
+            "-p",
+            f"seed:={seed}",
+            "-p",
+            f"episodes:={episodes}",
+            "-p",
+            f"expert:={'true' if expert else 'false'}",
+        ],
+        log_dir / f"sim_node_{mode_run.mode}_{task}.log",
+    )
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(mode_run.episodes) - before < episodes:
+            if time.monotonic() > deadline or sim.poll() is not None:
+                raise RuntimeError(f"sim_node for {task} stopped or timed out; see {log_dir}")
+            count = len(mode_run.episodes)
+            rclpy.spin_once(listener, timeout_sec=0.1)
+            if progress is not None and len(mode_run.episodes) > count:
+                progress(mode_run.mode, mode_run.episodes[-1])
+    finally:
+        processes.stop(sim)
 
 
 def _wait_active(node, proc: subprocess.Popen, timeout_s: float) -> None:
@@ -102,3 +182,75 @@ def _wait_active(node, proc: subprocess.Popen, timeout_s: float) -> None:
                 return
         time.sleep(0.2)
     raise RuntimeError("kerv_node did not become active")
+
+
+def summarise(runs: list[ModeRun]) -> dict[str, dict[str, float]]:
+    """Per mode: success, median step ms, target forwards per step, accepted length, speed-up."""
+    table = {}
+    for run_ in runs:
+        stats = run_.stats
+        accepted = [n for s in stats for n in s.accepted_lengths]
+        table[run_.mode] = {
+            "episodes": len(run_.episodes),
+            "successes": sum(e["success"] for e in run_.episodes),
+            "steps": len(stats),
+            "step_ms_median": float(np.median([s.total_ms for s in stats])) if stats else 0.0,
+            "target_forwards_per_step": float(np.mean([s.target_forwards for s in stats]))
+            if stats
+            else 0.0,
+            "mean_accepted_length": float(np.mean(accepted)) if accepted else 0.0,
+        }
+    if "ar" in table and table["ar"]["step_ms_median"]:
+        for row in table.values():
+            row["speedup_vs_ar"] = (
+                table["ar"]["step_ms_median"] / row["step_ms_median"]
+                if row["step_ms_median"]
+                else 0.0
+            )
+    return table
+
+
+def format_table(table: dict[str, dict[str, float]]) -> str:
+    lines = [
+        f"{'mode':13s} {'success':>9s} {'step ms':>8s} {'tgt fwd/step':>13s} "
+        f"{'acc len':>8s} {'speed-up':>9s}"
+    ]
+    for mode, r in table.items():
+        lines.append(
+            f"{mode:13s} {r['successes']:4d}/{r['episodes']:<4d} "
+            f"{r['step_ms_median']:8.1f} {r['target_forwards_per_step']:13.2f} "
+            f"{r['mean_accepted_length']:8.2f} {r.get('speedup_vs_ar', 0.0):8.2f}x"
+        )
+    return "\n".join(lines)
+
+
+def plot(runs: list[ModeRun], path: Path) -> None:
+    """Step time per mode (box plot) and accepted-length histogram, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    with_stats = [r for r in runs if r.stats]
+    if with_stats:
+        left.boxplot(
+            [[s.total_ms for s in r.stats] for r in with_stats],
+            tick_labels=[r.mode for r in with_stats],
+        )
+    else:
+        left.text(0.5, 0.5, "no DecodeStats (the expert drove)", ha="center")
+    left.set_ylabel("step time (ms)")
+    left.set_title("kerv_node step time per mode")
+    for r in with_stats:
+        accepted = [n for s in r.stats for n in s.accepted_lengths]
+        if accepted:
+            right.hist(accepted, bins=np.arange(0.5, 7.5), alpha=0.6, label=r.mode)
+    right.set_xlabel("tokens gained per verifier pass")
+    right.set_ylabel("count")
+    right.set_title("accepted length")
+    if with_stats:
+        right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
