@@ -158,11 +158,16 @@ class Expert:
         )
 
 
-def new_episode(world: PandaWorld, task_name: str, seed: int) -> Episode:
-    """Reset ``world`` to the seeded layout of a task; same task and seed, same episode."""
+def layout_for(task_name: str, seed: int) -> Layout:
+    """The seeded layout of a task; same task and seed, same layout."""
     if task_name not in TASKS:
         raise ValueError(f"unknown task {task_name!r}; choose one of {', '.join(TASKS)}")
     task_id = list(TASKS).index(task_name)
-    layout = sample_layout(task_name, np.random.default_rng([task_id, seed]))
+    return sample_layout(task_name, np.random.default_rng([task_id, seed]))
+
+
+def new_episode(world: PandaWorld, task_name: str, seed: int) -> Episode:
+    """Reset ``world`` to the seeded layout of a task; same task and seed, same episode."""
+    layout = layout_for(task_name, seed)
     world.reset(layout)
     return Episode(TASKS[task_name], layout, {c: world.cube_position(c) for c in layout.cubes})
