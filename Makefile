@@ -30,6 +30,7 @@ DEMO_TASKS ?= reach,push,pick
 DEMO_EPISODES ?= 2
 DEMO_MODES ?= ar,spec
 DEMO_OUT ?= runs/demo
+DEMO_MODEL ?= default
 
 .PHONY: venv demo test bench lint ros-env clean
 
@@ -47,7 +48,7 @@ $(STAMP): $(SETUP_INPUTS)
 	@touch $@
 
 demo: venv
-	$(BIN)/kerv sim run --model default --task $(DEMO_TASKS) --episodes $(DEMO_EPISODES) \
+	$(BIN)/kerv sim run --model $(DEMO_MODEL) --task $(DEMO_TASKS) --episodes $(DEMO_EPISODES) \
 		--modes $(DEMO_MODES) -o $(DEMO_OUT)
 
 test: venv
