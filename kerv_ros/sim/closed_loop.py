@@ -78,7 +78,7 @@ def run(
     )
     writer = bags.BagWriter(bag_path).__enter__() if bag_path else None
 
-    def record(topic, msgtype, cls_name):
+    def record(topic, msgtype):
         def callback(raw: bytes) -> None:
             stamp = time.time_ns()
             if writer is not None:
@@ -90,9 +90,7 @@ def run(
 
     for topic, msgtype, cls_name, sensor in RECORDED:
         qos = qos_profile_sensor_data if sensor else 50
-        listener.create_subscription(
-            _type(cls_name), topic, record(topic, msgtype, cls_name), qos, raw=True
-        )
+        listener.create_subscription(_type(cls_name), topic, record(topic, msgtype), qos, raw=True)
     try:
         for mode in ["expert"] if expert else modes:
             current.append(ModeRun(mode))
