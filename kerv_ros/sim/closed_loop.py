@@ -26,6 +26,7 @@ from std_msgs.msg import String
 
 from kerv_ros import bags, loopback, processes
 from kerv_ros.msg import DecodeStats
+from kerv_ros.sim.sim_node import EPISODE_QOS
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "kerv.yaml"
 RECORDED = (
@@ -74,7 +75,10 @@ def run(
     listener = rclpy.create_node("kerv_sim_run")
     current: list[ModeRun] = []
     listener.create_subscription(
-        String, "/kerv_sim/episode", lambda m: current[-1].episodes.append(json.loads(m.data)), 100
+        String,
+        "/kerv_sim/episode",
+        lambda m: current[-1].episodes.append(json.loads(m.data)),
+        EPISODE_QOS,
     )
     writer = bags.BagWriter(bag_path).__enter__() if bag_path else None
 

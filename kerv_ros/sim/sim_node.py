@@ -33,6 +33,9 @@ from kerv_ros.ros_io import rgb_to_image_fields
 from kerv_ros.sim.tasks import TASKS, Expert, new_episode, succeeded
 from kerv_ros.sim.world import PandaWorld, SimConfig
 
+EPISODE_QOS = QoSProfile(
+    depth=1000, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+)
 LATCHED = QoSProfile(
     depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
 )
@@ -80,7 +83,9 @@ class SimNode(Node):
         self.image_pub = self.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
         self.joint_pub = self.create_publisher(JointState, "/joint_states", qos_profile_sensor_data)
         self.success_pub = self.create_publisher(Bool, "~/success", 10)
-        self.episode_pub = self.create_publisher(String, "~/episode", 10)
+        # Latched with history: an episode can end (the expert reaches in ~1 s) before a
+        # listener started at the same time has discovered this node.
+        self.episode_pub = self.create_publisher(String, "~/episode", EPISODE_QOS)
         self.instruction_pub = self.create_publisher(
             String, get("instruction_topic").value, LATCHED
         )
