@@ -56,10 +56,6 @@ class ActionTokenizer:
         indices = np.clip(self.vocab_size - tokens - 1, 0, self.bin_centers.shape[0] - 1)
         return self.bin_centers[indices]
 
-    def token_to_index(self, tokens: np.ndarray) -> np.ndarray:
-        """Token ids -> row index in an action-restricted logit vector (0 = ``first_token``)."""
-        return np.asarray(tokens, dtype=np.int64) - self.first_token
-
 
 @dataclass(frozen=True)
 class NormStats:

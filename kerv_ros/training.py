@@ -33,6 +33,7 @@ from kerv_ros.decoding.drafter import EagleConfig, EagleDrafter
 from kerv_ros.decoding.engine import DecodeEngine
 from kerv_ros.policy.backend import Observation, PolicyBackend
 from kerv_ros.policy.vla import DefaultVLA, VLAConfig
+from kerv_ros.ros_io import image_to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def load_demonstrations(
             g = _latest(lookup.get(bags.GRIPPER_TOPIC, []), stamp)
             gripper = streams[bags.GRIPPER_TOPIC][g][1].data if g is not None else 1.0
             image = streams[bags.IMAGE_TOPIC][i][1]
-            rgb = _image_rgb(image)
+            rgb = image_to_rgb(image)
             if rgb.shape[:2] != (image_size, image_size):
                 rgb = cv2.resize(rgb, (image_size, image_size), interpolation=cv2.INTER_AREA)
             joints = streams[bags.JOINT_STATES_TOPIC][j][1]
@@ -146,12 +147,6 @@ def _custom_data(path: Path) -> dict:
 
     info = yaml.safe_load((path / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
     return dict(info.get("custom_data") or {})
-
-
-def _image_rgb(msg) -> np.ndarray:
-    from kerv_ros.ros_io import image_to_rgb
-
-    return image_to_rgb(msg)
 
 
 def dataset_statistics(actions: np.ndarray) -> NormStats:

@@ -38,10 +38,10 @@ from kerv_ros.policy.backend import Observation, openvla_prompt
 from kerv_ros.policy.hf_backend import HFDecoderBackend
 
 BYTE_VOCAB = 259  # ByT5: pad, eos, unk + 256 bytes
-BOS_ID = 259
-IMAGE_ID = 260
-STATE_ID = 261
-TEXT_VOCAB = 262
+BOS_ID = BYTE_VOCAB
+IMAGE_ID = BOS_ID + 1
+STATE_ID = IMAGE_ID + 1
+TEXT_VOCAB = STATE_ID + 1
 VOCAB_SIZE = TEXT_VOCAB + N_BINS
 
 POLICY_FILE = "kerv_policy.json"

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
+from geometry_msgs.msg import TwistStamped
 from lifecycle_msgs.srv import GetState
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.serialization import deserialize_message
-from std_msgs.msg import String
+from sensor_msgs.msg import Image
+from std_msgs.msg import Float64, String
 
 from kerv_ros import bags, loopback, processes
 from kerv_ros.msg import DecodeStats
@@ -30,20 +32,15 @@ from kerv_ros.sim.sim_node import EPISODE_QOS
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "kerv.yaml"
 RECORDED = (
-    (bags.IMAGE_TOPIC, bags.IMAGE, "sensor_msgs.msg.Image", True),
-    (bags.TWIST_TOPIC, bags.TWIST_STAMPED, "geometry_msgs.msg.TwistStamped", False),
-    (bags.GRIPPER_TOPIC, bags.FLOAT64, "std_msgs.msg.Float64", False),
-    (bags.DECODE_STATS_TOPIC, bags.DECODE_STATS, "kerv_ros.msg.DecodeStats", False),
+    (bags.IMAGE_TOPIC, bags.IMAGE, Image, True),
+    (bags.TWIST_TOPIC, bags.TWIST_STAMPED, TwistStamped, False),
+    (bags.GRIPPER_TOPIC, bags.FLOAT64, Float64, False),
+    (bags.DECODE_STATS_TOPIC, bags.DECODE_STATS, DecodeStats, False),
 )
 
 
 def _script(name: str) -> str:
     return str(Path(sys.executable).parent / name)
-
-
-def _type(dotted: str):
-    module, name = dotted.rsplit(".", 1)
-    return getattr(__import__(module, fromlist=[name]), name)
 
 
 @dataclass
@@ -92,9 +89,9 @@ def run(
 
         return callback
 
-    for topic, msgtype, cls_name, sensor in RECORDED:
+    for topic, msgtype, msg_class, sensor in RECORDED:
         qos = qos_profile_sensor_data if sensor else 50
-        listener.create_subscription(_type(cls_name), topic, record(topic, msgtype), qos, raw=True)
+        listener.create_subscription(msg_class, topic, record(topic, msgtype), qos, raw=True)
     try:
         for mode in ["expert"] if expert else modes:
             current.append(ModeRun(mode))

@@ -17,11 +17,12 @@ counted.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pybullet as pb
 import pybullet_data
+
+from kerv_ros.ros_io import clamp_norm
 
 ARM_JOINTS = tuple(f"panda_joint{i}" for i in range(1, 8))
 FINGER_JOINTS = ("panda_finger_joint1", "panda_finger_joint2")
@@ -30,11 +31,6 @@ HOME = (0.0, -0.25, 0.0, -2.3, 0.0, 2.05, 0.785)
 FINGER_TRAVEL = 0.04  # m per finger, fully open
 CUBE_HALF = 0.02
 COLOURS = {"red": (0.85, 0.12, 0.1), "green": (0.1, 0.7, 0.2), "blue": (0.12, 0.25, 0.9)}
-
-
-def urdf_path() -> Path:
-    """The Panda URDF the simulator uses (the robot description for kinematics too)."""
-    return Path(pybullet_data.getDataPath()) / "franka_panda" / "panda.urdf"
 
 
 @dataclass(frozen=True)
@@ -189,11 +185,11 @@ class PandaWorld:
             report.refused = True
             self.counters.refused += 1
             linear, angular, gripper = np.zeros(3), np.zeros(3), self.gripper
-        for vector, limit in ((linear, c.max_linear_speed), (angular, c.max_angular_speed)):
-            norm = float(np.linalg.norm(vector))
-            if norm > limit:
-                vector *= limit / norm
-                report.clamped = True
+        limited = clamp_norm(linear, c.max_linear_speed), clamp_norm(angular, c.max_angular_speed)
+        report.clamped = not (
+            np.array_equal(limited[0], linear) and np.array_equal(limited[1], angular)
+        )
+        linear, angular = limited
         dt = c.period_s
         position, orientation = self.reference
         actual, _ = self.ee_pose()
