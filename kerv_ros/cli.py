@@ -93,12 +93,19 @@ def _sim_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("-o", "--output", type=Path, required=True, help="directory for the bags")
     c.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
     c.add_argument("--image-size", type=int, default=128)
+    c.add_argument(
+        "--noise",
+        type=float,
+        default=0.0,
+        help="std (m/s) of noise added to the executed velocity, not the recorded one (DART)",
+    )
     c.set_defaults(func=_run_collect)
     e = sim.add_parser("expert", help="the scripted expert's success rate per task")
     e.add_argument("--task", default=tasks, help=f"task or comma list ({tasks})")
     e.add_argument("--episodes", type=int, default=50)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", type=Path, help="also write the rates as JSON here")
+    e.add_argument("--noise", type=float, default=0.0, help="as for collect")
     e.set_defaults(func=_run_expert)
     r = sim.add_parser("run", help="sim_node + kerv_node as processes, in closed loop")
     r.add_argument("--task", default=tasks, help=f"task or comma list ({tasks})")
@@ -139,7 +146,13 @@ def _run_collect(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     records = collect(
-        _tasks(args.task), args.episodes, args.seed, args.output, args.storage, args.image_size
+        _tasks(args.task),
+        args.episodes,
+        args.seed,
+        args.output,
+        args.storage,
+        args.image_size,
+        noise=args.noise,
     )
     seconds = time.perf_counter() - start
     size = sum(f.stat().st_size for f in args.output.rglob("*") if f.is_file())
@@ -159,7 +172,7 @@ def _run_collect(args: argparse.Namespace) -> int:
 def _run_expert(args: argparse.Namespace) -> int:
     from kerv_ros.sim.collect import expert_success
 
-    rates = expert_success(_tasks(args.task), args.episodes, args.seed)
+    rates = expert_success(_tasks(args.task), args.episodes, args.seed, noise=args.noise)
     print(f"{'task':8s} {'episodes':>8s} {'success':>8s} {'rate':>6s} {'steps':>6s}")
     for task, r in rates.items():
         print(

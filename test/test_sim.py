@@ -151,3 +151,22 @@ def test_sim_node_runs_an_episode_across_processes(tmp_path):
     assert len(run.episodes) == 1
     assert run.episodes[0]["task"] == "reach"
     assert run.episodes[0]["success"] is True
+
+
+def test_noise_injection_executes_noise_but_records_the_expert(world, monkeypatch):
+    recorded, executed = [], []
+    apply = world.apply
+
+    def spy(linear, angular, gripper):
+        executed.append(np.array(linear))
+        return apply(linear, angular, gripper)
+
+    monkeypatch.setattr(world, "apply", spy)
+    run_expert(world, "push", 3, lambda s, w, e, c: c and recorded.append(c[0]), noise=0.05)
+    difference = np.array(executed) - np.array(recorded)
+    assert len(recorded) > 10
+    assert 0.03 < difference.std() < 0.07 and abs(difference.mean()) < 0.02
+    executed.clear()
+    recorded.clear()
+    run_expert(world, "push", 3, lambda s, w, e, c: c and recorded.append(c[0]))
+    np.testing.assert_array_equal(np.array(executed), np.array(recorded))

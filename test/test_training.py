@@ -20,6 +20,7 @@ from kerv_ros.training import (
     load_demonstrations,
     observations_of,
     train_drafter,
+    soft_labels,
     train_policy,
 )
 
@@ -103,3 +104,14 @@ def test_trained_drafter_is_lossless_and_learns(demos):
     spec = DecodeEngine(backend, drafter, EngineConfig(mode="spec"))
     for observation in observations[:4]:
         assert spec.step(observation).tokens == ar.step(observation).tokens
+
+
+def test_soft_labels_are_distributions_peaked_on_the_bin():
+    bins = torch.tensor([[0, 100, 255]])
+    labels = soft_labels(bins, 1.5)
+    assert labels.shape == (1, 3, 256)
+    torch.testing.assert_close(labels.sum(-1), torch.ones(1, 3))
+    assert labels.argmax(-1).tolist() == bins.tolist()
+    torch.testing.assert_close(labels[0, 1, 99], labels[0, 1, 101])
+    assert labels[0, 1, 98] < labels[0, 1, 99]
+    assert torch.equal(soft_labels(bins, 0), torch.nn.functional.one_hot(bins, 256).float())

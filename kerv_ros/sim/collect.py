@@ -4,6 +4,11 @@ One bag per episode (``DIR/<task>_<seed>/``, mcap by default) with the topics a 
 kerv_node on a real arm has: camera, joint states, instruction, twist and gripper commands,
 plus the simulator's success flag. ``DIR/episodes.json`` indexes them (task, seed,
 instruction, success, steps).
+
+Noise injection (DART, Laskey et al. 2017): with ``noise > 0`` the executed linear velocity is
+the expert's plus gaussian noise, while the recorded twist stays the expert's command. The
+expert corrects the drift it causes, so the demonstrations show how to recover from states a
+learned policy's own errors lead to, which plain demonstrations never visit.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from kerv_ros import bags
@@ -33,14 +39,18 @@ class EpisodeRecord:
     bag: str = ""
 
 
-def run_expert(world: PandaWorld, task: str, seed: int, on_step=None) -> EpisodeRecord:
+def run_expert(
+    world: PandaWorld, task: str, seed: int, on_step=None, noise: float = 0.0
+) -> EpisodeRecord:
     """One expert episode, until success or the task's step limit.
 
     ``on_step(step, world, episode, command)`` sees every control tick before the command is
-    executed (``command`` is None on the final observation).
+    executed (``command`` is None on the final observation), the expert's command, not the
+    noisy one executed when ``noise`` (m/s, std per axis) is above 0.
     """
     episode = new_episode(world, task, seed)
     expert = Expert(world, episode)
+    rng = np.random.default_rng([list(TASKS).index(task), seed, 1])
     instruction = episode.task.instruction(episode.layout.target)
     success = False
     step = 0
@@ -53,12 +63,15 @@ def run_expert(world: PandaWorld, task: str, seed: int, on_step=None) -> Episode
         command = expert.act()
         if on_step:
             on_step(step, world, episode, command)
-        world.apply(*command)
+        linear, angular, gripper = command
+        if noise > 0:
+            linear = linear + rng.normal(0.0, noise, size=3)
+        world.apply(linear, angular, gripper)
     return EpisodeRecord(task, seed, instruction, success, step)
 
 
 def record_episode(
-    world: PandaWorld, task: str, seed: int, path: Path, storage: str = "mcap"
+    world: PandaWorld, task: str, seed: int, path: Path, storage: str = "mcap", noise: float = 0.0
 ) -> EpisodeRecord:
     """Run one expert episode and write it to the rosbag2 directory ``path``."""
     period_ns = int(world.config.period_s * 1e9)
@@ -101,7 +114,8 @@ def record_episode(
                     bags.scalar_msg(bags.FLOAT64, float(gripper)),
                 )
 
-        record = run_expert(world, task, seed, on_step)
+        record = run_expert(world, task, seed, on_step, noise)
+        bag.set_metadata("kerv.noise", str(noise))
         for key, value in asdict(record).items():
             if key != "bag":
                 bag.set_metadata(f"kerv.{key}", str(value))
@@ -117,6 +131,7 @@ def collect(
     storage: str = "mcap",
     image_size: int = 128,
     progress: bool = True,
+    noise: float = 0.0,
 ) -> list[EpisodeRecord]:
     """``episodes`` expert episodes per task (seeds ``seed .. seed + episodes - 1``)."""
     for task in tasks:
@@ -133,7 +148,7 @@ def collect(
             path = out_dir / f"{task}_{episode_seed:05d}"
             if path.exists():
                 raise FileExistsError(f"{path} exists; collect into a new directory")
-            records.append(record_episode(world, task, episode_seed, path, storage))
+            records.append(record_episode(world, task, episode_seed, path, storage, noise))
             index.append(asdict(records[-1]))
             index_path.write_text(json.dumps(index, indent=1))
     finally:
@@ -142,7 +157,7 @@ def collect(
 
 
 def expert_success(
-    tasks: list[str], episodes: int, seed: int, progress: bool = True
+    tasks: list[str], episodes: int, seed: int, progress: bool = True, noise: float = 0.0
 ) -> dict[str, dict[str, float]]:
     """The expert's success rate and mean steps per task, without rendering."""
     world = PandaWorld()
@@ -150,7 +165,7 @@ def expert_success(
     try:
         for task in tasks:
             for i in tqdm(range(episodes), desc=f"expert {task}", disable=not progress):
-                results[task].append(run_expert(world, task, seed + i))
+                results[task].append(run_expert(world, task, seed + i, noise=noise))
     finally:
         world.close()
     return {
