@@ -19,8 +19,8 @@ from kerv_ros.training import (
     PolicyTraining,
     load_demonstrations,
     observations_of,
-    train_drafter,
     soft_labels,
+    train_drafter,
     train_policy,
 )
 
