@@ -86,6 +86,10 @@ def load_demonstrations(
     period = 1.0 / control_rate_hz
     images, states, instructions, actions, episodes, metadata = [], [], [], [], [], []
     for path in tqdm(bag_paths(paths), desc="read bags", disable=not progress):
+        meta = _custom_data(path)
+        if meta.get("kerv.success") == "False":
+            log.info("%s: skipped, the demonstrator failed (kerv.success False)", path)
+            continue
         streams: dict[str, list] = {}
         with Reader(path) as reader:
             for connection, stamp, raw in reader.messages():
@@ -96,7 +100,7 @@ def load_demonstrations(
         if missing or bags.INSTRUCTION_TOPIC not in streams:
             log.warning("%s: skipped, lacks %s", path, sorted(missing) or ["instruction"])
             continue
-        metadata.append(_custom_data(path))
+        metadata.append(meta)
         episode = len(metadata) - 1
         lookup = {topic: [s for s, _ in items] for topic, items in streams.items()}
         for stamp, twist in streams[bags.TWIST_TOPIC]:
@@ -268,7 +272,9 @@ def train_policy(demos: Demonstrations, config: PolicyTraining, progress: bool =
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     stats = dataset_statistics(demos.actions)
-    backend = DefaultVLA.random(config.vla, seed=config.seed, norm_stats=stats)
+    backend = DefaultVLA.random(
+        config.vla, seed=config.seed, norm_stats=stats, instructions=sorted(set(demos.instructions))
+    )
     tokens = torch.as_tensor(backend.action_tokenizer.encode(stats.normalize(demos.actions)))
     first = backend.action_tokenizer.first_token
     train_index, held_out = _split(demos, config.validation, rng)

@@ -1,5 +1,6 @@
 """Training pipeline: bags -> aligned samples -> policy -> drafter, on tiny models."""
 
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -50,6 +51,18 @@ def test_samples_pair_each_command_with_its_observation(demos):
         np.array([twist.twist.linear.x, twist.twist.linear.y, twist.twist.linear.z]) * 0.1,
     )
     assert set(np.unique(data.actions[:, 6])) <= {0.0, 1.0}
+
+
+def test_bags_of_failed_demonstrations_are_skipped(demos, tmp_path):
+    out, records, _ = demos
+    for bag in sorted(out.glob("*/metadata.yaml")):
+        shutil.copytree(bag.parent, tmp_path / bag.parent.name)
+    failed = sorted(tmp_path.glob("pick_*/metadata.yaml"))[0]
+    text = failed.read_text()
+    assert "kerv.success: 'True'" in text
+    failed.write_text(text.replace("kerv.success: 'True'", "kerv.success: 'False'"))
+    data = load_demonstrations([tmp_path], TINY.image_size, progress=False)
+    assert set(data.instructions) == {r.instruction for r in records if r.task == "reach"}
 
 
 def test_batched_encoding_matches_single_observations():

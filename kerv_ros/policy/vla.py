@@ -4,10 +4,12 @@ Vision tower (SigLIP) -> projector -> Llama decoder, OpenVLA's prompt and action
 small enough to run and train on a CPU, and shaped like the real target so that the engine's
 cost ratios carry over: prefill of image + prompt costs a few decode steps.
 
-Vocabulary layout (text is byte-level, so no tokenizer file is needed):
-``0 pad, 1 eos, 2 unk, 3..258 UTF-8 bytes`` (transformers' ``ByT5Tokenizer``), ``259 bos``,
-``260 image placeholder``, ``261 state placeholder``, then the 256 action tokens at the top:
-``262 .. 517``.
+Vocabulary layout: ``text_vocab`` text tokens (a byte-level BPE, ``tokenizer.json``), then
+``bos``, ``image placeholder``, ``state placeholder``, then the 256 action tokens at the top.
+The BPE (Hugging Face ``tokenizers``) is trained on the training instructions' prompts: the
+OpenVLA template and the task words become one token each (~17 tokens instead of ~67 bytes),
+so prefill stays a few decode steps long as on the real target, and any other text still
+encodes, byte by byte.
 
 Sequence: ``bos, image tokens, state token, prompt``. The state token is the arm's joint
 positions through a linear projection: many VLAs read proprioception beside the image, and a
@@ -24,9 +26,9 @@ import cv2
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import nn
 from transformers import (
-    ByT5Tokenizer,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
@@ -37,17 +39,34 @@ from kerv_ros.actions import N_BINS, ActionTokenizer, NormStats
 from kerv_ros.policy.backend import Observation, openvla_prompt
 from kerv_ros.policy.hf_backend import HFDecoderBackend
 
-BYTE_VOCAB = 259  # ByT5: pad, eos, unk + 256 bytes
-BOS_ID = BYTE_VOCAB
-IMAGE_ID = BOS_ID + 1
-STATE_ID = IMAGE_ID + 1
-TEXT_VOCAB = STATE_ID + 1
-VOCAB_SIZE = TEXT_VOCAB + N_BINS
-
 POLICY_FILE = "kerv_policy.json"
 STATE_FILE = "state_projector.safetensors"
 STATS_FILE = "dataset_statistics.json"
-FORMAT_VERSION = 1
+TOKENIZER_FILE = "tokenizer.json"
+FORMAT_VERSION = 2
+
+# What a tokenizer is trained on when no instructions are given (random models, tests).
+DEFAULT_INSTRUCTIONS = (
+    "reach the red cube",
+    "push the green block to the left",
+    "pick up the blue cube",
+)
+
+
+def train_text_tokenizer(instructions: list[str] | tuple[str, ...], vocab_size: int) -> Tokenizer:
+    """A byte-level BPE over the OpenVLA prompts of ``instructions``, at most ``vocab_size``."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(sorted({openvla_prompt(t) for t in instructions}), trainer)
+    if tokenizer.get_vocab_size() > vocab_size:
+        raise ValueError(f"tokenizer has {tokenizer.get_vocab_size()} tokens, over {vocab_size}")
+    return tokenizer
 
 
 @dataclass(frozen=True)
@@ -67,10 +86,28 @@ class VLAConfig:
     initializer_range: float = 0.02
     state_dim: int = 7
     """Length of the proprioceptive state (arm joint positions); 0 = no state token."""
+    text_vocab: int = 384
+    """Text token ids (BPE, including its 256 byte tokens); the special ids follow them."""
 
     @property
     def image_tokens(self) -> int:
         return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def bos_id(self) -> int:
+        return self.text_vocab
+
+    @property
+    def image_id(self) -> int:
+        return self.text_vocab + 1
+
+    @property
+    def state_id(self) -> int:
+        return self.text_vocab + 2
+
+    @property
+    def vocab_size(self) -> int:
+        return self.text_vocab + 3 + N_BINS
 
     def to_hf(self) -> LlavaConfig:
         vision = SiglipVisionConfig(
@@ -82,7 +119,7 @@ class VLAConfig:
             patch_size=self.patch_size,
         )
         text = LlamaConfig(
-            vocab_size=VOCAB_SIZE,
+            vocab_size=self.vocab_size,
             hidden_size=self.text_hidden,
             intermediate_size=self.text_intermediate,
             num_hidden_layers=self.text_layers,
@@ -90,14 +127,14 @@ class VLAConfig:
             num_key_value_heads=self.text_heads,
             max_position_embeddings=self.max_positions,
             initializer_range=self.initializer_range,
-            bos_token_id=BOS_ID,
-            eos_token_id=1,
-            pad_token_id=0,
+            bos_token_id=self.bos_id,
+            eos_token_id=None,
+            pad_token_id=None,
         )
         config = LlavaConfig(
             vision_config=vision,
             text_config=text,
-            image_token_index=IMAGE_ID,
+            image_token_index=self.image_id,
             image_seq_length=self.image_tokens,
             vision_feature_select_strategy="full",
             vision_feature_layer=-1,
@@ -116,13 +153,16 @@ class DefaultVLA(HFDecoderBackend):
         norm_stats: NormStats,
         device: str | torch.device = "cpu",
         state_projector: nn.Linear | None = None,
+        text_tokenizer: Tokenizer | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.config = config
         self.norm_stats = norm_stats
-        self.action_tokenizer = ActionTokenizer(VOCAB_SIZE)
-        self.text_tokenizer = ByT5Tokenizer(extra_ids=0)
+        self.action_tokenizer = ActionTokenizer(config.vocab_size)
+        self.text_tokenizer = text_tokenizer or train_text_tokenizer(
+            DEFAULT_INSTRUCTIONS, config.text_vocab
+        )
         self.language_model = model.model.language_model
         self.lm_head = model.lm_head
         self.text_config = model.config.text_config
@@ -140,13 +180,21 @@ class DefaultVLA(HFDecoderBackend):
 
     @classmethod
     def random(
-        cls, config: VLAConfig | None = None, seed: int = 0, norm_stats: NormStats | None = None
+        cls,
+        config: VLAConfig | None = None,
+        seed: int = 0,
+        norm_stats: NormStats | None = None,
+        instructions: list[str] | None = None,
     ) -> DefaultVLA:
-        """A randomly initialised model: for tests, benchmarks of the engine, and training."""
+        """A randomly initialised model: for tests, benchmarks of the engine, and training.
+
+        Its text tokenizer is trained on ``instructions`` (default: a few task phrases).
+        """
         config = config or VLAConfig()
         torch.manual_seed(seed)
         model = LlavaForConditionalGeneration(config.to_hf())
-        return cls(model, config, norm_stats or NormStats.identity())
+        tokenizer = train_text_tokenizer(instructions or DEFAULT_INSTRUCTIONS, config.text_vocab)
+        return cls(model, config, norm_stats or NormStats.identity(), text_tokenizer=tokenizer)
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> DefaultVLA:
@@ -154,7 +202,7 @@ class DefaultVLA(HFDecoderBackend):
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"model directory not found: {directory}")
-        for name in (POLICY_FILE, STATS_FILE, "config.json", "model.safetensors"):
+        for name in (POLICY_FILE, STATS_FILE, TOKENIZER_FILE, "config.json", "model.safetensors"):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"{directory} is not a kerv_ros policy: {name} missing")
         meta = json.loads((directory / POLICY_FILE).read_text(encoding="utf-8"))
@@ -174,7 +222,8 @@ class DefaultVLA(HFDecoderBackend):
             projector = nn.Linear(config.state_dim, config.text_hidden)
             projector.load_state_dict(load_file(str(directory / STATE_FILE)))
         stats = NormStats.from_json(directory / STATS_FILE)
-        return cls(model, config, stats, device, projector)
+        tokenizer = Tokenizer.from_file(str(directory / TOKENIZER_FILE))
+        return cls(model, config, stats, device, projector, tokenizer)
 
     def save(self, directory: str | Path, dataset_name: str = "kerv_sim") -> None:
         """Safetensors + transformers config + our config + OpenVLA-layout statistics."""
@@ -186,17 +235,19 @@ class DefaultVLA(HFDecoderBackend):
             save_file(tensors, str(directory / STATE_FILE))
         meta = {"format_version": FORMAT_VERSION, "vla_config": asdict(self.config)}
         (directory / POLICY_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        self.text_tokenizer.save(str(directory / TOKENIZER_FILE))
         stats = {dataset_name: {"action": self.norm_stats.to_dict()}}
         (directory / STATS_FILE).write_text(json.dumps(stats, indent=2), encoding="utf-8")
 
     def prompt_ids(self, instruction: str) -> list[int]:
-        """``bos, image placeholders, state, prompt bytes``.
+        """``bos, image placeholders, state, prompt tokens``.
 
         The image comes right after BOS as in OpenVLA, then the proprioceptive state.
         """
-        text = self.text_tokenizer(openvla_prompt(instruction), add_special_tokens=False)
-        state = [STATE_ID] if self.config.state_dim else []
-        return [BOS_ID] + [IMAGE_ID] * self.config.image_tokens + state + text["input_ids"]
+        c = self.config
+        text = self.text_tokenizer.encode(openvla_prompt(instruction)).ids
+        state = [c.state_id] if c.state_dim else []
+        return [c.bos_id] + [c.image_id] * c.image_tokens + state + text
 
     def pixel_values(self, images: np.ndarray) -> torch.Tensor:
         """uint8 RGB (H x W x 3 or B x H x W x 3, any size) -> B x 3 x S x S in [-1, 1]."""
@@ -228,13 +279,13 @@ class DefaultVLA(HFDecoderBackend):
         embeds = self.embed_tokens(ids)
         features = self.model.model.get_image_features(pixel_values=self.pixel_values(images))
         features = torch.cat(list(features.pooler_output), dim=0).to(embeds.dtype)
-        embeds = embeds.masked_scatter((ids == IMAGE_ID)[..., None], features)
+        embeds = embeds.masked_scatter((ids == self.config.image_id)[..., None], features)
         if self.state_projector is not None:
             if states is None:
                 raise ValueError("this policy reads the joint state; the observation has none")
             state = torch.as_tensor(np.asarray(states), dtype=embeds.dtype, device=self.device)
             projected = self.state_projector(state.reshape(len(rows), -1)).to(embeds.dtype)
-            embeds = embeds.masked_scatter((ids == STATE_ID)[..., None], projected)
+            embeds = embeds.masked_scatter((ids == self.config.state_id)[..., None], projected)
         return embeds, mask, position_ids
 
     def _prefill_embeds(self, observation: Observation) -> torch.Tensor:
