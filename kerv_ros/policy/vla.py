@@ -71,12 +71,12 @@ def train_text_tokenizer(instructions: list[str] | tuple[str, ...], vocab_size: 
 
 @dataclass(frozen=True)
 class VLAConfig:
-    """Sizes of the default VLA. The defaults give ~4 M parameters and 64 image tokens."""
+    """Sizes of the default VLA. The defaults give ~5 M parameters and 64 image tokens."""
 
     image_size: int = 128
     patch_size: int = 16
-    vision_hidden: int = 128
-    vision_layers: int = 2
+    vision_hidden: int = 192
+    vision_layers: int = 3
     vision_heads: int = 4
     text_hidden: int = 256
     text_layers: int = 4

@@ -162,6 +162,16 @@ class PandaWorld:
         state = self._call(pb.getLinkState, self.robot, EE_LINK, computeForwardKinematics=True)
         return np.array(state[4]), np.array(state[5])
 
+    def forward_kinematics(self, joints: np.ndarray) -> np.ndarray:
+        """End-effector position (m) at arm ``joints``.
+
+        It resets the arm, so the simulation this world was running is lost: use a world kept
+        for the purpose.
+        """
+        for j, q in zip(self.arm, joints, strict=True):
+            self._call(pb.resetJointState, self.robot, j, float(q))
+        return self.ee_pose()[0]
+
     def cube_position(self, colour: str) -> np.ndarray:
         return np.array(self._call(pb.getBasePositionAndOrientation, self.cubes[colour])[0])
 
