@@ -244,6 +244,13 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     pol.add_argument("--lr", type=float, default=1e-3)
     pol.add_argument("--seed", type=int, default=0)
     pol.add_argument("--no-bf16", action="store_true", help="train in float32")
+    pol.add_argument("--init", type=Path, help="continue from this trained policy directory")
+    pol.add_argument(
+        "--scenes",
+        type=int,
+        default=0,
+        help="render this many extra random simulator layouts for the position targets",
+    )
     pol.add_argument(
         "--control-rate",
         type=float,
@@ -266,7 +273,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 def _run_train_policy(args: argparse.Namespace) -> int:
     import time
 
-    from kerv_ros.training import PolicyTraining, load_demonstrations, train_policy
+    from kerv_ros.policy.vla import DefaultVLA
+    from kerv_ros.training import PolicyTraining, load_demonstrations, render_scenes, train_policy
 
     config = PolicyTraining(
         steps=args.steps,
@@ -278,7 +286,11 @@ def _run_train_policy(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     demos = load_demonstrations(args.bags, config.vla.image_size, args.control_rate)
     print(f"{len(demos)} samples from {len(set(demos.episodes.tolist()))} episodes")
-    backend, history = train_policy(demos, config)
+    init = DefaultVLA.load(args.init) if args.init else None
+    if init is not None:
+        config.vla = init.config
+    scenes = render_scenes(demos, args.scenes, config.vla.image_size) if args.scenes else None
+    backend, history = train_policy(demos, config, scenes=scenes, init=init)
     backend.save(args.output)
     record = {
         "command": " ".join(sys.argv),

@@ -19,7 +19,9 @@ from kerv_ros.training import (
     DrafterTraining,
     PolicyTraining,
     load_demonstrations,
+    object_targets,
     observations_of,
+    render_scenes,
     soft_labels,
     train_drafter,
     train_policy,
@@ -128,3 +130,17 @@ def test_soft_labels_are_distributions_peaked_on_the_bin():
     torch.testing.assert_close(labels[0, 1, 99], labels[0, 1, 101])
     assert labels[0, 1, 98] < labels[0, 1, 99]
     assert torch.equal(soft_labels(bins, 0), torch.nn.functional.one_hot(bins, 256).float())
+
+
+def test_rendered_scenes_train_the_position_targets(demos):
+    _, _, data = demos
+    scenes = render_scenes(data, 6, TINY.image_size, progress=False)
+    assert scenes.images.shape == (6, TINY.image_size, TINY.image_size, 3)
+    assert scenes.targets.shape == (6, object_targets(data).shape[1])
+    assert len(set(scenes.instructions)) > 1 and np.all(np.abs(scenes.targets) < 3)
+    # Every scene is a new layout: the cube targets differ from all the demonstrations'.
+    assert not np.isin(scenes.targets[:, 0], object_targets(data)[:, 0]).any()
+    config = PolicyTraining(steps=3, batch_size=2, vla=TINY, warmup=1, scene_batch=2)
+    backend, history = train_policy(data, config, progress=False, scenes=scenes)
+    again, _ = train_policy(data, config, progress=False, scenes=scenes, init=backend)
+    assert again is backend and all(np.isfinite(h["aux_loss"]) for h in history)
