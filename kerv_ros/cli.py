@@ -38,6 +38,13 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
         default=DraftConfig.node_budget,
         help="draft tree size (top-k 1 and budget = depth give a chain)",
     )
+    p.add_argument(
+        "--observations",
+        choices=("sim", "synthetic"),
+        default="sim",
+        help="frames along the simulator experts' episodes (what the default model knows), or "
+        "synthetic coloured blocks with random joint states",
+    )
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per mode first")
     p.add_argument("--device", default="cpu")
     p.add_argument(
@@ -68,7 +75,12 @@ def _run_bench(args: argparse.Namespace) -> int:
         device=args.device,
     )
     size = getattr(getattr(backend, "config", None), "image_size", 224)
-    observations = bench.synthetic_observations(args.steps, args.seed, size)
+    if args.observations == "sim":
+        from kerv_ros.sim.collect import expert_observations
+
+        observations = expert_observations(args.steps, args.seed, size)
+    else:
+        observations = bench.synthetic_observations(args.steps, args.seed, size)
     summary = bench.run(backend, drafter, config, modes, observations, warmup=args.warmup)
     print(f"model: {args.model}   steps: {args.steps}   seed: {args.seed}")
     print(bench.format_table(summary))

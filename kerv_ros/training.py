@@ -493,7 +493,7 @@ def train_drafter(
     optimiser = torch.optim.AdamW(drafter.parameters(), lr=config.lr)
     first = backend.action_tokenizer.first_token
     history = []
-    steps = config.epochs * math.ceil(len(sequences) / config.batch_size)
+    steps = math.ceil(config.epochs * len(sequences) / config.batch_size)
     bar = tqdm(range(steps), desc="train drafter", disable=not progress)
     order = np.concatenate([rng.permutation(len(sequences)) for _ in range(config.epochs)])
     for step in bar:

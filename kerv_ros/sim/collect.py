@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kerv_ros import bags
+from kerv_ros.policy.backend import Observation
 from kerv_ros.sim.tasks import TASKS, Expert, new_episode, succeeded
 from kerv_ros.sim.world import PandaWorld, SimConfig
 
@@ -177,3 +178,28 @@ def expert_success(
         }
         for task, records in results.items()
     }
+
+
+def expert_observations(count: int, seed: int, image_size: int = 128) -> list[Observation]:
+    """``count`` observations along expert episodes (every 3rd step, tasks in turn), seeded.
+
+    What a policy trained on the simulator sees in closed loop: benchmarks on them measure the
+    drafter where it is used, not on images it never saw.
+    """
+    world = PandaWorld(SimConfig(image_size=image_size))
+    out: list[Observation] = []
+
+    def on_step(step, world, episode, command):
+        if command is not None and step % 3 == 0 and len(out) < count:
+            instruction = episode.task.instruction(episode.layout.target)
+            out.append(Observation(world.render(), instruction, world.joints().positions[:7]))
+
+    try:
+        episode_seed = seed
+        while len(out) < count:
+            for task in TASKS:
+                run_expert(world, task, episode_seed, on_step)
+            episode_seed += 1
+    finally:
+        world.close()
+    return out
