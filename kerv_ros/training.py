@@ -233,7 +233,7 @@ def object_targets(demos: Demonstrations) -> np.ndarray | None:
     The first teaches the policy where the instructed cube is, the second where the gripper is
     now; the commands are (roughly) their difference, which token cross-entropy alone did not
     find: a policy trained without the gripper target kept the direction of its first command
-    and drove past the cube (measured: 2 of 16 reach and push episodes). Only simulator bags
+    and drove past the cube (measured: 2 of 12 reach and push episodes). Only simulator bags
     carry what this needs (task and seed in their custom_data); for other bags it returns None
     and training uses the action tokens alone.
     """
