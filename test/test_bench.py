@@ -1,8 +1,8 @@
 """`kerv bench` runs every mode and writes the documented JSON fields (values not timed)."""
 
 import json
-import subprocess
-import sys
+
+from kerv_cli import run_kerv
 
 FIELDS = {
     "target_forwards_per_step",
@@ -19,29 +19,20 @@ FIELDS = {
 
 def test_bench_json(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kerv_ros.cli",
-            "bench",
-            "--model",
-            "random",
-            "--steps",
-            "2",
-            "--warmup",
-            "0",
-            "--modes",
-            "ar,spec,spec_relaxed",
-            "--threshold",
-            "0",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    proc = run_kerv(
+        "bench",
+        "--model",
+        "random",
+        "--steps",
+        "2",
+        "--warmup",
+        "0",
+        "--modes",
+        "ar,spec,spec_relaxed",
+        "--threshold",
+        "0",
+        "--json",
+        str(out),
     )
     assert proc.returncode == 0, proc.stderr
     assert "speedup step" in proc.stdout
@@ -61,12 +52,6 @@ def test_bench_json(tmp_path):
 
 
 def test_bench_refuses_bad_flags_before_loading():
-    proc = subprocess.run(
-        [sys.executable, "-m", "kerv_ros.cli", "bench", "--modes", "ar,warp"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = run_kerv("bench", "--modes", "ar,warp", timeout=120)
     assert proc.returncode == 2
     assert "unknown mode 'warp'" in proc.stderr

@@ -3,8 +3,9 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
+
+from kerv_cli import run_kerv
 
 from kerv_ros.loading import DEFAULT_MODEL_DIR, DRAFTER_FILE, load_policy
 
@@ -30,27 +31,18 @@ def test_artefacts_are_shipped_and_small():
 
 def test_bench_default_spec_is_exact_and_accepts_long_drafts(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kerv_ros.cli",
-            "bench",
-            "--model",
-            "default",
-            "--steps",
-            "6",
-            "--warmup",
-            "1",
-            "--modes",
-            "ar,spec",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    proc = run_kerv(
+        "bench",
+        "--model",
+        "default",
+        "--steps",
+        "6",
+        "--warmup",
+        "1",
+        "--modes",
+        "ar,spec",
+        "--json",
+        str(out),
     )
     assert proc.returncode == 0, proc.stderr
     spec = json.loads(out.read_text())["modes"]["spec"]

@@ -153,16 +153,15 @@ class DefaultVLA(HFDecoderBackend):
         norm_stats: NormStats,
         device: str | torch.device = "cpu",
         state_projector: nn.Linear | None = None,
-        text_tokenizer: Tokenizer | None = None,
+        *,
+        text_tokenizer: Tokenizer,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.config = config
         self.norm_stats = norm_stats
         self.action_tokenizer = ActionTokenizer(config.vocab_size)
-        self.text_tokenizer = text_tokenizer or train_text_tokenizer(
-            DEFAULT_INSTRUCTIONS, config.text_vocab
-        )
+        self.text_tokenizer = text_tokenizer
         self.language_model = model.model.language_model
         self.lm_head = model.lm_head
         self.text_config = model.config.text_config
@@ -223,7 +222,7 @@ class DefaultVLA(HFDecoderBackend):
             projector.load_state_dict(load_file(str(directory / STATE_FILE)))
         stats = NormStats.from_json(directory / STATS_FILE)
         tokenizer = Tokenizer.from_file(str(directory / TOKENIZER_FILE))
-        return cls(model, config, stats, device, projector, tokenizer)
+        return cls(model, config, stats, device, projector, text_tokenizer=tokenizer)
 
     def save(self, directory: str | Path, dataset_name: str = "kerv_sim") -> None:
         """Safetensors + transformers config + our config + OpenVLA-layout statistics."""
