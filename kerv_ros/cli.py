@@ -264,6 +264,12 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         help="render this many extra random simulator layouts for the position targets",
     )
     pol.add_argument(
+        "--vision-steps",
+        type=int,
+        default=0,
+        help="first train the vision tower alone on the scenes for this many steps",
+    )
+    pol.add_argument(
         "--control-rate",
         type=float,
         default=10.0,
@@ -294,7 +300,10 @@ def _run_train_policy(args: argparse.Namespace) -> int:
         lr=args.lr,
         seed=args.seed,
         bf16=not args.no_bf16,
+        vision_steps=args.vision_steps,
     )
+    if args.vision_steps and not args.scenes:
+        raise SystemExit("--vision-steps trains on rendered scenes: give --scenes N too")
     start = time.perf_counter()
     demos = load_demonstrations(args.bags, config.vla.image_size, args.control_rate)
     print(f"{len(demos)} samples from {len(set(demos.episodes.tolist()))} episodes")

@@ -11,7 +11,7 @@ from rosbags.rosbag2 import Reader
 from kerv_ros import bags
 from kerv_ros.sim.closed_loop import run as run_closed_loop
 from kerv_ros.sim.collect import collect, run_expert
-from kerv_ros.sim.tasks import TASKS, new_episode
+from kerv_ros.sim.tasks import TASKS, layout_for, new_episode
 from kerv_ros.sim.world import PandaWorld, SimConfig
 
 
@@ -54,6 +54,25 @@ def test_different_seeds_different_layouts(world):
     a, _ = trajectory(world, "reach", 1, steps=1)
     b, _ = trajectory(world, "reach", 2, steps=1)
     assert not np.array_equal(a, b)
+
+
+def test_arranged_scene_renders_as_a_fresh_reset(world):
+    """arrange() (for rendering still scenes fast) must show what reset() + the joints show."""
+    q = np.array([0.3, -0.1, -0.2, -2.0, 0.1, 2.2, 0.5])
+    first, second = layout_for("reach", 3), layout_for("pick", 4)
+    world.reset(first)
+    world.arrange(second, q)
+    arranged = world.render()
+    other = PandaWorld(SimConfig(image_size=64))
+    try:
+        other.reset(second)
+        other.forward_kinematics(q)
+        np.testing.assert_array_equal(arranged, other.render())
+        np.testing.assert_allclose(world.ee_pose()[0], other.ee_pose()[0])
+    finally:
+        other.close()
+    world.reset(first)
+    assert not np.array_equal(arranged, world.render())
 
 
 def test_joint_velocities_agree_with_finite_differences(world):

@@ -21,6 +21,7 @@ from kerv_ros.training import (
     load_demonstrations,
     object_targets,
     observations_of,
+    pretrain_vision,
     render_scenes,
     soft_labels,
     train_drafter,
@@ -144,3 +145,24 @@ def test_rendered_scenes_train_the_position_targets(demos):
     backend, history = train_policy(data, config, progress=False, scenes=scenes)
     again, _ = train_policy(data, config, progress=False, scenes=scenes, init=backend)
     assert again is backend and all(np.isfinite(h["aux_loss"]) for h in history)
+
+
+def test_vision_pretraining_learns_positions_on_scenes(demos):
+    """The vision stage alone must fit the scenes' positions (here: 24 scenes, overfitting is
+    the point) and leave the rest of the model as it was."""
+    _, _, data = demos
+    scenes = render_scenes(data, 24, TINY.image_size, seed=3, progress=False)
+    backend = DefaultVLA.random(TINY, seed=4)
+    lm = {k: v.clone() for k, v in backend.language_model.state_dict().items()}
+    config = PolicyTraining(vision_steps=200, batch_size=8, lr=3e-3, vla=TINY, warmup=5)
+    history = pretrain_vision(backend, scenes, config, progress=False)
+    assert all(h["stage"] == "vision" for h in history)
+    losses = [h["loss"] for h in history]
+    assert losses[-1] < 0.5 * losses[0]
+    assert "val_cm" in history[0] and "val_cm" in history[-1]
+    for name, tensor in backend.language_model.state_dict().items():
+        torch.testing.assert_close(tensor, lm[name])
+    config = PolicyTraining(steps=2, batch_size=2, vla=TINY, warmup=1, scene_batch=2)
+    _, history = train_policy(data, replace(config, vision_steps=3), progress=False, scenes=scenes)
+    assert [h["stage"] for h in history][:2] == ["vision", "vision"]
+    assert history[-1]["stage"] == "policy"

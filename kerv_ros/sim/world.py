@@ -172,6 +172,21 @@ class PandaWorld:
             self._call(pb.resetJointState, self.robot, j, float(q))
         return self.ee_pose()[0]
 
+    def arrange(self, layout: Layout, joints: np.ndarray) -> None:
+        """Move this world's cubes to ``layout`` and its arm to ``joints``, with no physics.
+
+        For rendering many still scenes: ~3x cheaper than :meth:`reset`, which reloads the
+        URDFs. The layout must name the cubes this world was reset with.
+        """
+        for colour, (x, y) in layout.cubes.items():
+            self._call(
+                pb.resetBasePositionAndOrientation,
+                self.cubes[colour],
+                [x, y, CUBE_HALF],
+                [0, 0, 0, 1],
+            )
+        self.forward_kinematics(joints)
+
     def cube_position(self, colour: str) -> np.ndarray:
         return np.array(self._call(pb.getBasePositionAndOrientation, self.cubes[colour])[0])
 
