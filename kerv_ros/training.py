@@ -295,10 +295,11 @@ def render_scenes(
 
     A few hundred demonstration layouts are too few for a small vision tower to learn where a
     named cube is on a layout it has not seen: it learned the layouts (measured: a linear probe
-    of the shipped v4 policy's features placed the instructed cube on new layouts no better
-    than its mean position, 4.6 cm in x and 8.8 cm in y). Still scenes cost ~30 ms each with
-    :meth:`PandaWorld.arrange` against ~1 s an episode, so thousands of extra layouts teach
-    the position targets of :func:`object_targets`, through the same encoder, without actions.
+    of the features of a policy trained without scenes placed the instructed cube on new
+    layouts no better than its mean position, 4.6 cm in x and 8.8 cm in y). Still scenes cost
+    ~25 ms each with :meth:`PandaWorld.arrange` against ~1 s an episode, so thousands of extra
+    layouts teach the position targets of :func:`object_targets`, through the same encoder,
+    without actions.
     """
     from kerv_ros.sim.tasks import TASKS, sample_layout
     from kerv_ros.sim.world import PandaWorld, SimConfig
