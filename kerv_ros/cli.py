@@ -111,6 +111,12 @@ def _sim_parser(sub: argparse._SubParsersAction) -> None:
         default=0.0,
         help="std (m/s) of noise added to the executed velocity, not the recorded one (DART)",
     )
+    c.add_argument(
+        "--hold",
+        type=int,
+        default=0,
+        help="record this many more expert steps after success (what to do at the goal)",
+    )
     c.set_defaults(func=_run_collect)
     e = sim.add_parser("expert", help="the scripted expert's success rate per task")
     e.add_argument("--task", default=tasks, help=f"task or comma list ({tasks})")
@@ -165,6 +171,7 @@ def _run_collect(args: argparse.Namespace) -> int:
         args.storage,
         args.image_size,
         noise=args.noise,
+        hold=args.hold,
     )
     seconds = time.perf_counter() - start
     size = sum(f.stat().st_size for f in args.output.rglob("*") if f.is_file())

@@ -56,6 +56,24 @@ def test_different_seeds_different_layouts(world):
     assert not np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("task", ["reach", "pick"])
+def test_hold_records_the_expert_at_its_goal_after_success(world, task):
+    def run(hold):
+        commands = []
+        record = run_expert(world, task, 2, lambda s, w, e, c: commands.append(c), hold=hold)
+        return record, commands
+
+    plain, plain_commands = run(0)
+    held, held_commands = run(5)
+    assert plain.success and held.success
+    assert held.steps == plain.steps + 5 and len(held_commands) == len(plain_commands) + 5
+    # The expert settles on its goal: the extra commands shrink, no new motion starts.
+    extra = np.array([c[0] for c in held_commands[plain.steps : plain.steps + 5]])
+    speeds = np.linalg.norm(extra, axis=1)
+    assert np.all(np.diff(speeds) <= 1e-6) and speeds[-1] < 0.05, speeds
+    assert held_commands[-1] is None
+
+
 def test_arranged_scene_renders_as_a_fresh_reset(world):
     """arrange() (for rendering still scenes fast) must show what reset() + the joints show."""
     q = np.array([0.3, -0.1, -0.2, -2.0, 0.1, 2.2, 0.5])
