@@ -117,6 +117,18 @@ def _sim_parser(sub: argparse._SubParsersAction) -> None:
         default=0,
         help="record this many more expert steps after success (what to do at the goal)",
     )
+    c.add_argument(
+        "--driver",
+        metavar="MODEL",
+        help="DAgger: this policy (default | checkpoint directory) moves the arm in ar mode "
+        "and the expert's commands are recorded",
+    )
+    c.add_argument(
+        "--beta",
+        type=float,
+        default=0.0,
+        help="with --driver: share of steps on which the expert's command is executed",
+    )
     c.set_defaults(func=_run_collect)
     e = sim.add_parser("expert", help="the scripted expert's success rate per task")
     e.add_argument("--task", default=tasks, help=f"task or comma list ({tasks})")
@@ -162,6 +174,16 @@ def _run_collect(args: argparse.Namespace) -> int:
 
     from kerv_ros.sim.collect import collect
 
+    driver = None
+    if args.driver:
+        from kerv_ros.decoding.engine import DecodeEngine
+        from kerv_ros.evaluation import policy_driver
+        from kerv_ros.loading import load_policy
+
+        if not 0.0 <= args.beta <= 1.0:
+            raise ValueError(f"--beta must be in [0, 1], got {args.beta}")
+        backend, _ = load_policy(args.driver)
+        driver = policy_driver(DecodeEngine(backend, None, EngineConfig(mode="ar")))
     start = time.perf_counter()
     records = collect(
         _tasks(args.task),
@@ -172,6 +194,9 @@ def _run_collect(args: argparse.Namespace) -> int:
         args.image_size,
         noise=args.noise,
         hold=args.hold,
+        driver=driver,
+        beta=args.beta,
+        driver_name=args.driver or "expert",
     )
     seconds = time.perf_counter() - start
     size = sum(f.stat().st_size for f in args.output.rglob("*") if f.is_file())

@@ -48,25 +48,40 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def _policy_command(
+    world: PandaWorld, engine: DecodeEngine, instruction: str, control: ControlConfig
+) -> tuple[StepResult, tuple[np.ndarray, np.ndarray, float]]:
+    """Observe, decode one step, and convert it as kerv_node does: (linear, angular, gripper)."""
+    observation = Observation(world.render(), instruction, world.joints().positions[:7])
+    decoded = engine.step(observation)
+    linear, angular = action_to_twist(
+        decoded.raw_action, control.period_s, control.max_linear_speed, control.max_angular_speed
+    )
+    normalised_gripper = not bool(np.asarray(engine.backend.norm_stats.mask)[6])
+    return decoded, (linear, angular, gripper_opening(decoded.raw_action, normalised_gripper))
+
+
+def policy_driver(engine: DecodeEngine, control: ControlConfig | None = None):
+    """The policy as a driver of :func:`kerv_ros.sim.collect.run_expert` (DAgger)."""
+    control = control or ControlConfig()
+
+    def drive(world: PandaWorld, instruction: str) -> tuple[np.ndarray, np.ndarray, float]:
+        return _policy_command(world, engine, instruction, control)[1]
+
+    return drive
+
+
 def run_episode(
     world: PandaWorld, engine: DecodeEngine, task: str, seed: int, control: ControlConfig
 ) -> EpisodeResult:
     """One policy episode until success or the task's step limit."""
     episode = new_episode(world, task, seed)
     instruction = episode.task.instruction(episode.layout.target)
-    normalised_gripper = not bool(np.asarray(engine.backend.norm_stats.mask)[6])
     result = EpisodeResult(task, seed, engine.config.mode, False, 0)
     for step in range(episode.task.max_steps):
-        observation = Observation(world.render(), instruction, world.joints().positions[:7])
-        decoded = engine.step(observation)
+        decoded, command = _policy_command(world, engine, instruction, control)
         result.results.append(decoded)
-        linear, angular = action_to_twist(
-            decoded.raw_action,
-            control.period_s,
-            control.max_linear_speed,
-            control.max_angular_speed,
-        )
-        world.apply(linear, angular, gripper_opening(decoded.raw_action, normalised_gripper))
+        world.apply(*command)
         result.steps = step + 1
         if succeeded(world, episode):
             result.success = True

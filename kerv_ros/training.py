@@ -87,7 +87,9 @@ def load_demonstrations(
     images, states, instructions, actions, episodes, metadata = [], [], [], [], [], []
     for path in tqdm(bag_paths(paths), desc="read bags", disable=not progress):
         meta = _custom_data(path)
-        if meta.get("kerv.success") == "False":
+        # A failed demonstrator's commands are not worth imitating; in a DAgger bag another
+        # driver failed and the expert's labels still are.
+        if meta.get("kerv.success") == "False" and meta.get("kerv.driver", "expert") == "expert":
             log.info("%s: skipped, the demonstrator failed (kerv.success False)", path)
             continue
         streams: dict[str, list] = {}

@@ -207,3 +207,54 @@ def test_noise_injection_executes_noise_but_records_the_expert(world, monkeypatc
     recorded.clear()
     run_expert(world, "push", 3, lambda s, w, e, c: c and recorded.append(c[0]))
     np.testing.assert_array_equal(np.array(executed), np.array(recorded))
+
+
+def test_a_driver_moves_the_arm_while_the_expert_is_recorded(world, monkeypatch):
+    executed, recorded = [], []
+    apply = world.apply
+
+    def spy(linear, angular, gripper):
+        executed.append((np.array(linear), gripper))
+        return apply(linear, angular, gripper)
+
+    def lazy_driver(w, instruction):
+        assert instruction == f"reach the {layout_for('reach', 2).target} cube"
+        return np.zeros(3), np.zeros(3), 0.5
+
+    monkeypatch.setattr(world, "apply", spy)
+    record = run_expert(
+        world, "reach", 2, lambda s, w, e, c: c and recorded.append(c), driver=lazy_driver
+    )
+    assert not record.success  # the driver never moved, whatever the expert asked
+    assert record.steps == TASKS["reach"].max_steps
+    assert all(np.all(lin == 0) and g == 0.5 for lin, g in executed)
+    assert len(recorded) == len(executed)
+    assert np.linalg.norm(recorded[0][0]) > 0.1  # the expert asks to move toward the cube
+
+    executed.clear()
+    record = run_expert(world, "reach", 2, driver=lazy_driver, beta=1.0)
+    assert record.success  # beta 1: the expert's own commands are executed
+
+
+def test_pick_expert_takes_over_a_grasp_it_did_not_make(world):
+    """A driver brings the open gripper around the cube and closes it; the expert, which never
+    reached its own waypoints, recognises the grasp and lifts instead of reopening."""
+    from kerv_ros.sim.tasks import Expert
+
+    episode = new_episode(world, "pick", 4)
+    expert = Expert(world, episode)
+    cube = world.cube_position(episode.layout.target)
+    grasp = cube + np.array([0.013, 0.0, 0.0])  # beyond the expert's 8 mm waypoint tolerance
+    for step in range(60):
+        ee, _ = world.ee_pose()
+        goal = grasp + np.array([0.0, 0.0, 0.12 if step < 25 else 0.0])
+        closed = np.linalg.norm(ee - grasp) < 0.01
+        expert.act()  # labels, as in a DAgger episode
+        world.apply(np.clip(4.0 * (goal - ee), -0.25, 0.25), np.zeros(3), 0.0 if closed else 1.0)
+        if closed and expert.phase >= 2:
+            break
+    assert expert.phase >= 2, "the expert did not see the grasp"
+    for _ in range(25):
+        linear, _, gripper = expert.act()
+        world.apply(linear, np.zeros(3), gripper)
+    assert world.cube_position(episode.layout.target)[2] > 0.08

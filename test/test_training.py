@@ -166,3 +166,17 @@ def test_vision_pretraining_learns_positions_on_scenes(demos):
     _, history = train_policy(data, replace(config, vision_steps=3), progress=False, scenes=scenes)
     assert [h["stage"] for h in history][:2] == ["vision", "vision"]
     assert history[-1]["stage"] == "policy"
+
+
+def test_dagger_bags_are_kept_when_the_driving_policy_failed(demos, tmp_path):
+    """The expert's labels in a DAgger bag are worth learning whoever drove and failed."""
+    out, records, _ = demos
+    for bag in sorted(out.glob("*/metadata.yaml")):
+        shutil.copytree(bag.parent, tmp_path / bag.parent.name)
+    meta = sorted(tmp_path.glob("pick_*/metadata.yaml"))[0]
+    text = meta.read_text()
+    assert "kerv.driver: expert" in text
+    text = text.replace("kerv.success: 'True'", "kerv.success: 'False'")
+    meta.write_text(text.replace("kerv.driver: expert", "kerv.driver: runs/policy"))
+    data = load_demonstrations([tmp_path], TINY.image_size, progress=False)
+    assert set(data.instructions) == {r.instruction for r in records}

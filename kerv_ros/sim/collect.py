@@ -9,11 +9,16 @@ Noise injection (DART, Laskey et al. 2017): with ``noise > 0`` the executed line
 the expert's plus gaussian noise, while the recorded twist stays the expert's command. The
 expert corrects the drift it causes, so the demonstrations show how to recover from states a
 learned policy's own errors lead to, which plain demonstrations never visit.
+
+DAgger (Ross et al. 2011): with a ``driver`` a learned policy moves the arm and the expert
+only labels, so the bags hold the expert's command in exactly the states the policy reaches,
+its own mistakes included. DART's noise is a guess at those states; DAgger visits them.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,8 +45,19 @@ class EpisodeRecord:
     bag: str = ""
 
 
+Driver = Callable[[PandaWorld, str], tuple[np.ndarray, np.ndarray, float]]
+"""Who moves the arm instead of the expert: (world, instruction) -> (linear, angular, gripper)."""
+
+
 def run_expert(
-    world: PandaWorld, task: str, seed: int, on_step=None, noise: float = 0.0, hold: int = 0
+    world: PandaWorld,
+    task: str,
+    seed: int,
+    on_step=None,
+    noise: float = 0.0,
+    hold: int = 0,
+    driver: Driver | None = None,
+    beta: float = 0.0,
 ) -> EpisodeRecord:
     """One expert episode, until success (then ``hold`` more steps) or the task's step limit.
 
@@ -54,6 +70,10 @@ def run_expert(
     within 5 cm of the goal and then carried on with the push task's motion (measured on 20
     reach episodes of the default model v6). With ``hold`` the expert keeps its last waypoint
     for that many recorded steps; the episode's success is the task's state at its end.
+
+    ``driver``: when given, it moves the arm on each step except a share ``beta`` of them
+    (drawn per step, seeded), where the expert's own command is executed; the expert's
+    command is what ``on_step`` sees either way (DAgger's mixture, see the module docstring).
     """
     episode = new_episode(world, task, seed)
     expert = Expert(world, episode)
@@ -77,6 +97,8 @@ def run_expert(
         command = expert.act()
         if on_step:
             on_step(step, world, episode, command)
+        if driver is not None and rng.random() >= beta:
+            command = driver(world, instruction)
         linear, angular, gripper = command
         if noise > 0:
             linear = linear + rng.normal(0.0, noise, size=3)
@@ -92,8 +114,15 @@ def record_episode(
     storage: str = "mcap",
     noise: float = 0.0,
     hold: int = 0,
+    driver: Driver | None = None,
+    beta: float = 0.0,
+    driver_name: str = "expert",
 ) -> EpisodeRecord:
-    """Run one expert episode and write it to the rosbag2 directory ``path``."""
+    """Run one expert episode and write it to the rosbag2 directory ``path``.
+
+    ``kerv.driver`` in the bag's metadata names who moved the arm (``expert``, or the policy
+    of a DAgger run); the recorded commands are the expert's in both cases.
+    """
     period_ns = int(world.config.period_s * 1e9)
     frame = "panda_link0"
     with bags.BagWriter(path, storage) as bag:
@@ -134,9 +163,11 @@ def record_episode(
                     bags.scalar_msg(bags.FLOAT64, float(gripper)),
                 )
 
-        record = run_expert(world, task, seed, on_step, noise, hold)
+        record = run_expert(world, task, seed, on_step, noise, hold, driver, beta)
         bag.set_metadata("kerv.noise", str(noise))
         bag.set_metadata("kerv.hold", str(hold))
+        bag.set_metadata("kerv.driver", driver_name if driver is not None else "expert")
+        bag.set_metadata("kerv.beta", str(beta))
         for key, value in asdict(record).items():
             if key != "bag":
                 bag.set_metadata(f"kerv.{key}", str(value))
@@ -154,8 +185,15 @@ def collect(
     progress: bool = True,
     noise: float = 0.0,
     hold: int = 0,
+    driver: Driver | None = None,
+    beta: float = 0.0,
+    driver_name: str = "expert",
 ) -> list[EpisodeRecord]:
-    """``episodes`` expert episodes per task (seeds ``seed .. seed + episodes - 1``)."""
+    """``episodes`` expert episodes per task (seeds ``seed .. seed + episodes - 1``).
+
+    With a ``driver`` the episodes are DAgger's: the driver moves the arm, the expert labels
+    (see :func:`run_expert`).
+    """
     for task in tasks:
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
@@ -170,7 +208,11 @@ def collect(
             path = out_dir / f"{task}_{episode_seed:05d}"
             if path.exists():
                 raise FileExistsError(f"{path} exists; collect into a new directory")
-            records.append(record_episode(world, task, episode_seed, path, storage, noise, hold))
+            records.append(
+                record_episode(
+                    world, task, episode_seed, path, storage, noise, hold, driver, beta, driver_name
+                )
+            )
             index.append(asdict(records[-1]))
             index_path.write_text(json.dumps(index, indent=1))
     finally:

@@ -144,9 +144,27 @@ class Expert:
             ]
         )
 
+    def _holding(self, cube: np.ndarray) -> bool:
+        """The cube sits between the fingers and they close on it (a cube's width apart)."""
+        ee, _ = self.world.ee_pose()
+        gap = float(np.sum(self.world.joints().positions[7:9]))
+        return bool(np.linalg.norm(cube - ee) < 0.02 and 1.5 * CUBE_HALF < gap < 2.3 * CUBE_HALF)
+
     def _pick(self, cube: np.ndarray):
-        if self.phase == 0:
+        """Above the cube, down, close, lift; the phase also follows the state it finds.
+
+        Why: in DAgger episodes (``kerv sim collect --driver``) a policy moves the arm and the
+        expert only labels, so its plan must not assume it made the moves. The grasp point
+        follows the cube until the fingers close (a policy may nudge it), a cube already held
+        skips to closing, and a lifted cube to the lift. With the expert driving these rules
+        change nothing: it reaches each state through the previous phase.
+        """
+        if self.phase < 2:
             self.grasp_at = cube.copy()
+            if self._holding(cube):
+                self.phase, self.wait = 2, 0
+        if cube[2] > CUBE_HALF + 0.02 and self._holding(cube):
+            self.phase = 3
         grasp = self.grasp_at
         return self._follow(
             [
