@@ -258,3 +258,20 @@ def test_pick_expert_takes_over_a_grasp_it_did_not_make(world):
         linear, _, gripper = expert.act()
         world.apply(linear, np.zeros(3), gripper)
     assert world.cube_position(episode.layout.target)[2] > 0.08
+
+
+def test_pick_expert_goes_straight_down_from_over_the_cube(world):
+    """Brought over the cube below its approach point by someone else, the expert lowers the
+    gripper instead of climbing back to the approach point first."""
+    from kerv_ros.sim.tasks import Expert
+
+    episode = new_episode(world, "pick", 6)
+    expert = Expert(world, episode)
+    cube = world.cube_position(episode.layout.target)
+    above = cube + np.array([0.0, 0.0, 0.06])
+    for _ in range(40):
+        ee, _ = world.ee_pose()
+        world.apply(np.clip(4.0 * (above - ee), -0.25, 0.25), np.zeros(3), 1.0)
+    assert np.linalg.norm(world.ee_pose()[0] - above) < 0.005
+    linear, _, gripper = expert.act()
+    assert linear[2] < -0.05 and gripper == 1.0

@@ -156,15 +156,30 @@ class Expert:
         Why: in DAgger episodes (``kerv sim collect --driver``) a policy moves the arm and the
         expert only labels, so its plan must not assume it made the moves. The grasp point
         follows the cube until the fingers close (a policy may nudge it), a cube already held
-        skips to closing, and a lifted cube to the lift. With the expert driving these rules
-        change nothing: it reaches each state through the previous phase.
+        skips to closing, and a lifted cube to the lift. An arm already over the cube below
+        the approach point goes straight down; one that drifts off the cube on the way down, or
+        lifts without it, goes back up and over it. With the expert driving these rules
+        change (almost) nothing: it reaches each state through the previous phase.
         """
+        ee, _ = self.world.ee_pose()
+        lateral = float(np.linalg.norm(ee[:2] - cube[:2]))
+        holding = self._holding(cube)
         if self.phase < 2:
             self.grasp_at = cube.copy()
-            if self._holding(cube):
+            if holding:
                 self.phase, self.wait = 2, 0
-        if cube[2] > CUBE_HALF + 0.02 and self._holding(cube):
+            elif (
+                self.phase == 0
+                and lateral < self.tolerance
+                and ee[2] < _up(cube, APPROACH_HEIGHT)[2]
+            ):
+                self.phase, self.wait = 1, 0
+            elif self.phase == 1 and lateral > 2.5 * self.tolerance:
+                self.phase, self.wait = 0, 0
+        if cube[2] > CUBE_HALF + 0.02 and holding:
             self.phase = 3
+        elif self.phase == 3 and cube[2] < CUBE_HALF + 0.005 and ee[2] > cube[2] + 0.05:
+            self.phase, self.wait = 0, 0  # the arm went up and the cube stayed on the table
         grasp = self.grasp_at
         return self._follow(
             [
