@@ -12,6 +12,26 @@ from kerv_ros import bench
 from kerv_ros.config import MODES, DraftConfig, EngineConfig
 
 
+def _threads_option(p: argparse.ArgumentParser, default: int) -> None:
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=default,
+        help=f"torch CPU threads (0 = torch's choice; default {default}). kerv_node runs with "
+        "torch_threads 1: a tiny model's ops are too short to share, and a second process "
+        "beside 2 OpenMP threads on 2 cores made every step several times slower",
+    )
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
@@ -53,12 +73,14 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
         help="allow an OpenVLA checkpoint's own Python code to run",
     )
     p.add_argument("--unnorm-key", help="dataset statistics to un-normalise with (OpenVLA)")
+    _threads_option(p, 1)
     p.set_defaults(func=_run_bench)
 
 
 def _run_bench(args: argparse.Namespace) -> int:
     from kerv_ros.loading import load_policy
 
+    _set_threads(args)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     draft = DraftConfig(depth=args.depth, top_k=args.top_k, node_budget=args.node_budget)
     config = EngineConfig(draft=draft, relaxed_threshold=args.threshold)
@@ -129,6 +151,7 @@ def _sim_parser(sub: argparse._SubParsersAction) -> None:
         default=0.0,
         help="with --driver: share of steps on which the expert's command is executed",
     )
+    _threads_option(c, 1)
     c.set_defaults(func=_run_collect)
     e = sim.add_parser("expert", help="the scripted expert's success rate per task")
     e.add_argument("--task", default=tasks, help=f"task or comma list ({tasks})")
@@ -174,6 +197,7 @@ def _run_collect(args: argparse.Namespace) -> int:
 
     from kerv_ros.sim.collect import collect
 
+    _set_threads(args)
     driver = None
     if args.driver:
         from kerv_ros.decoding.engine import DecodeEngine
@@ -400,6 +424,7 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=1000, help="first episode seed")
     p.add_argument("--threshold", type=int, default=EngineConfig.relaxed_threshold)
     p.add_argument("-o", "--output", type=Path, help="write results.json here")
+    _threads_option(p, 1)
     p.set_defaults(func=_run_eval)
 
 
@@ -407,6 +432,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from kerv_ros.evaluation import closed_loop, summarise
     from kerv_ros.loading import load_policy
 
+    _set_threads(args)
     config = EngineConfig(relaxed_threshold=args.threshold)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for mode in modes:

@@ -55,3 +55,6 @@ def test_bench_refuses_bad_flags_before_loading():
     proc = run_kerv("bench", "--modes", "ar,warp", timeout=120)
     assert proc.returncode == 2
     assert "unknown mode 'warp'" in proc.stderr
+    proc = run_kerv("bench", "--threads", "-1", timeout=120)
+    assert proc.returncode == 2
+    assert "--threads must be >= 0" in proc.stderr
