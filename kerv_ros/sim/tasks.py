@@ -134,12 +134,39 @@ class Expert:
         return self._follow([(_up(cube, 0.05), 1.0, 0)])
 
     def _push(self, cube: np.ndarray):
+        """Over the spot behind the block, down to the table, push it to the left.
+
+        As for :meth:`_pick`, the phase also follows the state it finds, so that the expert can
+        label DAgger episodes: the spot behind the block follows the block until the push
+        starts; an arm already over that spot below the approach height goes straight down;
+        one already at the table behind the block pushes; one that drifts off the spot on the
+        way down goes back up and over. (With a plan fixed in advance, an arm low beside the
+        block was labelled "up" in DAgger episodes and "down" in the expert's own: the policy
+        trained on both oscillated there, measured on model v7.) The push itself keeps the
+        start's line: chasing a block that slides sideways pushed it sideways.
+        """
         start = self.episode.start[self.episode.layout.target]
-        behind = np.array([start[0], start[1] - 0.07, CUBE_HALF])
+        ee, _ = self.world.ee_pose()
+        behind = np.array([cube[0], cube[1] - 0.07, CUBE_HALF])
+        off_spot = float(np.linalg.norm(ee[:2] - behind[:2]))
+        low = ee[2] < CUBE_HALF + self.tolerance
+        in_line = abs(ee[0] - cube[0]) < 0.015 and -0.09 < ee[1] - cube[1] < -0.025
+        if self.phase < 2:
+            self.behind = behind
+            if low and in_line:
+                self.phase, self.wait = 2, 0
+            elif (
+                self.phase == 0
+                and off_spot < self.tolerance
+                and ee[2] < _up(behind, APPROACH_HEIGHT)[2]
+            ):
+                self.phase, self.wait = 1, 0
+            elif self.phase == 1 and off_spot > 2.5 * self.tolerance:
+                self.phase, self.wait = 0, 0
         return self._follow(
             [
-                (_up(behind, APPROACH_HEIGHT), 0.0, 0),
-                (behind, 0.0, 0),
+                (_up(self.behind, APPROACH_HEIGHT), 0.0, 0),
+                (self.behind, 0.0, 0),
                 (np.array([start[0], start[1] + PUSH_DISTANCE - 0.05, CUBE_HALF]), 0.0, 0),
             ]
         )
