@@ -275,3 +275,29 @@ def test_pick_expert_goes_straight_down_from_over_the_cube(world):
     assert np.linalg.norm(world.ee_pose()[0] - above) < 0.005
     linear, _, gripper = expert.act()
     assert linear[2] < -0.05 and gripper == 1.0
+
+
+def test_push_expert_pushes_from_behind_the_block_and_climbs_from_beside_it(world):
+    """Left low behind the block by someone else, the expert pushes; left low beside it, it
+    goes up and over instead of pushing the wrong way."""
+    from kerv_ros.sim.tasks import Expert
+
+    for offset, pushes in (
+        (np.array([0.0, -0.07, 0.0]), True),
+        (np.array([0.07, 0.0, 0.0]), False),
+    ):
+        episode = new_episode(world, "push", 5)
+        expert = Expert(world, episode)
+        cube = world.cube_position(episode.layout.target)
+        spot = cube + offset
+        via = spot + np.array([0.0, 0.0, 0.15])
+        for goal in (via, spot):
+            for _ in range(30):
+                ee, _ = world.ee_pose()
+                world.apply(np.clip(4.0 * (goal - ee), -0.25, 0.25), np.zeros(3), 0.0)
+        assert np.linalg.norm(world.ee_pose()[0] - spot) < 0.008
+        linear, _, _ = expert.act()
+        if pushes:
+            assert linear[1] > 0.1 and abs(linear[2]) < 0.05
+        else:
+            assert linear[2] > 0.1
