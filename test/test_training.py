@@ -56,14 +56,21 @@ def test_samples_pair_each_command_with_its_observation(demos):
     assert set(np.unique(data.actions[:, 6])) <= {0.0, 1.0}
 
 
+def copy_and_edit_pick_bag(out, dest, *edits: tuple[str, str]) -> None:
+    """Copy the bags of ``out`` to ``dest`` and apply ``edits`` to the pick bag's metadata."""
+    for bag in sorted(out.glob("*/metadata.yaml")):
+        shutil.copytree(bag.parent, dest / bag.parent.name)
+    meta = sorted(dest.glob("pick_*/metadata.yaml"))[0]
+    text = meta.read_text()
+    for old, new in edits:
+        assert old in text
+        text = text.replace(old, new)
+    meta.write_text(text)
+
+
 def test_bags_of_failed_demonstrations_are_skipped(demos, tmp_path):
     out, records, _ = demos
-    for bag in sorted(out.glob("*/metadata.yaml")):
-        shutil.copytree(bag.parent, tmp_path / bag.parent.name)
-    failed = sorted(tmp_path.glob("pick_*/metadata.yaml"))[0]
-    text = failed.read_text()
-    assert "kerv.success: 'True'" in text
-    failed.write_text(text.replace("kerv.success: 'True'", "kerv.success: 'False'"))
+    copy_and_edit_pick_bag(out, tmp_path, ("kerv.success: 'True'", "kerv.success: 'False'"))
     data = load_demonstrations([tmp_path], TINY.image_size, progress=False)
     assert set(data.instructions) == {r.instruction for r in records if r.task == "reach"}
 
@@ -171,12 +178,11 @@ def test_vision_pretraining_learns_positions_on_scenes(demos):
 def test_dagger_bags_are_kept_when_the_driving_policy_failed(demos, tmp_path):
     """The expert's labels in a DAgger bag are worth learning whoever drove and failed."""
     out, records, _ = demos
-    for bag in sorted(out.glob("*/metadata.yaml")):
-        shutil.copytree(bag.parent, tmp_path / bag.parent.name)
-    meta = sorted(tmp_path.glob("pick_*/metadata.yaml"))[0]
-    text = meta.read_text()
-    assert "kerv.driver: expert" in text
-    text = text.replace("kerv.success: 'True'", "kerv.success: 'False'")
-    meta.write_text(text.replace("kerv.driver: expert", "kerv.driver: runs/policy"))
+    copy_and_edit_pick_bag(
+        out,
+        tmp_path,
+        ("kerv.success: 'True'", "kerv.success: 'False'"),
+        ("kerv.driver: expert", "kerv.driver: runs/policy"),
+    )
     data = load_demonstrations([tmp_path], TINY.image_size, progress=False)
     assert set(data.instructions) == {r.instruction for r in records}

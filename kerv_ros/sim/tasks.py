@@ -155,14 +155,8 @@ class Expert:
             self.behind = behind
             if low and in_line:
                 self.phase, self.wait = 2, 0
-            elif (
-                self.phase == 0
-                and off_spot < self.tolerance
-                and ee[2] < _up(behind, APPROACH_HEIGHT)[2]
-            ):
-                self.phase, self.wait = 1, 0
-            elif self.phase == 1 and off_spot > 2.5 * self.tolerance:
-                self.phase, self.wait = 0, 0
+            else:
+                self._approach_phase(off_spot, ee[2], behind)
         return self._follow(
             [
                 (_up(self.behind, APPROACH_HEIGHT), 0.0, 0),
@@ -170,6 +164,17 @@ class Expert:
                 (np.array([start[0], start[1] + PUSH_DISTANCE - 0.05, CUBE_HALF]), 0.0, 0),
             ]
         )
+
+    def _approach_phase(self, off_spot: float, height: float, spot: np.ndarray) -> None:
+        """Phases 0 (to above ``spot``) and 1 (down onto it) from the state, not the history.
+
+        An arm over the spot (``off_spot`` m away horizontally) below the approach point goes
+        down; one that drifts off the spot on the way down climbs back.
+        """
+        if self.phase == 0 and off_spot < self.tolerance and height < spot[2] + APPROACH_HEIGHT:
+            self.phase, self.wait = 1, 0
+        elif self.phase == 1 and off_spot > 2.5 * self.tolerance:
+            self.phase, self.wait = 0, 0
 
     def _holding(self, cube: np.ndarray) -> bool:
         """The cube sits between the fingers and they close on it (a cube's width apart)."""
@@ -195,14 +200,8 @@ class Expert:
             self.grasp_at = cube.copy()
             if holding:
                 self.phase, self.wait = 2, 0
-            elif (
-                self.phase == 0
-                and lateral < self.tolerance
-                and ee[2] < _up(cube, APPROACH_HEIGHT)[2]
-            ):
-                self.phase, self.wait = 1, 0
-            elif self.phase == 1 and lateral > 2.5 * self.tolerance:
-                self.phase, self.wait = 0, 0
+            else:
+                self._approach_phase(lateral, ee[2], cube)
         if cube[2] > CUBE_HALF + 0.02 and holding:
             self.phase = 3
         elif self.phase == 3 and cube[2] < CUBE_HALF + 0.005 and ee[2] > cube[2] + 0.05:
