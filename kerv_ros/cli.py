@@ -17,9 +17,9 @@ def _threads_option(p: argparse.ArgumentParser, default: int) -> None:
         "--threads",
         type=int,
         default=default,
-        help=f"torch CPU threads (0 = torch's choice; default {default}). kerv_node runs with "
-        "torch_threads 1: a tiny model's ops are too short to share, and a second process "
-        "beside 2 OpenMP threads on 2 cores made every step several times slower",
+        help=f"torch CPU threads (0 = torch's choice; default {default}), as kerv_node's "
+        "torch_threads, so that step times are the node's; 2 OpenMP threads beside another "
+        "busy process on 2 cores made every step several times slower",
     )
 
 
@@ -198,6 +198,8 @@ def _run_collect(args: argparse.Namespace) -> int:
     from kerv_ros.sim.collect import collect
 
     _set_threads(args)
+    if args.beta and not args.driver:
+        raise ValueError("--beta mixes the expert into a --driver's episodes: give --driver too")
     driver = None
     if args.driver:
         from kerv_ros.decoding.engine import DecodeEngine

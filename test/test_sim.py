@@ -301,3 +301,12 @@ def test_push_expert_pushes_from_behind_the_block_and_climbs_from_beside_it(worl
             assert linear[1] > 0.1 and abs(linear[2]) < 0.05
         else:
             assert linear[2] > 0.1
+
+
+def test_collect_refuses_a_beta_without_a_driver(tmp_path):
+    from kerv_cli import run_kerv
+
+    proc = run_kerv("sim", "collect", "--beta", "0.3", "-o", str(tmp_path / "bags"), timeout=120)
+    assert proc.returncode == 2
+    assert "give --driver too" in proc.stderr
+    assert not (tmp_path / "bags").exists()
