@@ -152,15 +152,14 @@ class Expert:
         low = ee[2] < CUBE_HALF + self.tolerance
         in_line = abs(ee[0] - cube[0]) < 0.015 and -0.09 < ee[1] - cube[1] < -0.025
         if self.phase < 2:
-            self.behind = behind
             if low and in_line:
                 self.phase, self.wait = 2, 0
             else:
                 self._approach_phase(off_spot, ee[2], behind)
         return self._follow(
             [
-                (_up(self.behind, APPROACH_HEIGHT), 0.0, 0),
-                (self.behind, 0.0, 0),
+                (_up(behind, APPROACH_HEIGHT), 0.0, 0),
+                (behind, 0.0, 0),
                 (np.array([start[0], start[1] + PUSH_DISTANCE - 0.05, CUBE_HALF]), 0.0, 0),
             ]
         )
@@ -176,9 +175,8 @@ class Expert:
         elif self.phase == 1 and off_spot > 2.5 * self.tolerance:
             self.phase, self.wait = 0, 0
 
-    def _holding(self, cube: np.ndarray) -> bool:
+    def _holding(self, cube: np.ndarray, ee: np.ndarray) -> bool:
         """The cube sits between the fingers and they close on it (a cube's width apart)."""
-        ee, _ = self.world.ee_pose()
         gap = float(np.sum(self.world.joints().positions[7:9]))
         return bool(np.linalg.norm(cube - ee) < 0.02 and 1.5 * CUBE_HALF < gap < 2.3 * CUBE_HALF)
 
@@ -195,7 +193,7 @@ class Expert:
         """
         ee, _ = self.world.ee_pose()
         lateral = float(np.linalg.norm(ee[:2] - cube[:2]))
-        holding = self._holding(cube)
+        holding = self._holding(cube, ee)
         if self.phase < 2:
             self.grasp_at = cube.copy()
             if holding:
