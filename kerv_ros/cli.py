@@ -9,7 +9,13 @@ import sys
 from pathlib import Path
 
 from kerv_ros import bench
-from kerv_ros.config import MODES, DraftConfig, EngineConfig
+from kerv_ros.config import (
+    ENGINE_PARAMS,
+    DraftConfig,
+    EngineConfig,
+    config_from_params,
+    params_of,
+)
 
 
 def _threads_option(p: argparse.ArgumentParser, default: int) -> None:
@@ -40,8 +46,20 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
         "wall time and speed-up vs ar, all measured in this one run.",
     )
     p.add_argument("--model", default="random", help="random | default | checkpoint directory")
-    p.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
+    p.add_argument(
+        "--modes",
+        default=",".join(bench.ROWS),
+        help=f"comma list of modes and ablation variants ({', '.join(bench.ROWS)})",
+    )
     p.add_argument("--steps", type=int, default=20, help="observations (action steps) per mode")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an engine parameter of config/kerv.yaml for every row (repeatable), "
+        "e.g. --param kerv_r_max=20",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
     p.add_argument(
@@ -84,8 +102,9 @@ def _run_bench(args: argparse.Namespace) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     draft = DraftConfig(depth=args.depth, top_k=args.top_k, node_budget=args.node_budget)
     config = EngineConfig(draft=draft, relaxed_threshold=args.threshold)
+    config = config_from_params(config, ENGINE_PARAMS, _engine_params(args.param))
     for mode in modes:
-        config.with_mode(mode)  # refuse bad flags before loading anything
+        bench.row_config(config, mode)  # refuse bad flags before loading anything
     if args.steps < 1:
         raise ValueError("--steps must be at least 1")
     backend, drafter = load_policy(
@@ -97,13 +116,19 @@ def _run_bench(args: argparse.Namespace) -> int:
         device=args.device,
     )
     size = getattr(getattr(backend, "config", None), "image_size", 224)
+    kinematics = None
     if args.observations == "sim":
+        from kerv_ros.config import PANDA_ARM_JOINTS
+        from kerv_ros.kinematics import ArmKinematics
         from kerv_ros.sim.collect import expert_observations
 
         observations = expert_observations(args.steps, args.seed, size)
+        kinematics = ArmKinematics(PANDA_ARM_JOINTS)
     else:
         observations = bench.synthetic_observations(args.steps, args.seed, size)
-    summary = bench.run(backend, drafter, config, modes, observations, warmup=args.warmup)
+    summary = bench.run(
+        backend, drafter, config, modes, observations, args.warmup, kinematics=kinematics
+    )
     print(f"model: {args.model}   steps: {args.steps}   seed: {args.seed}")
     print(bench.format_table(summary))
     if args.json:
@@ -112,6 +137,29 @@ def _run_bench(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps(payload, indent=2), encoding="utf-8")
         print(f"wrote {args.json}")
     return 0
+
+
+def _engine_params(pairs: list[str]) -> dict[str, object]:
+    """``NAME=VALUE`` strings -> engine parameters, typed like each parameter's default."""
+    defaults = params_of(EngineConfig(), ENGINE_PARAMS)
+    values: dict[str, object] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or name not in defaults:
+            raise ValueError(
+                f"--param {pair!r}: expected NAME=VALUE, NAME one of {', '.join(defaults)}"
+            )
+        kind = type(defaults[name])
+        if kind is bool:
+            if text.lower() not in ("true", "false"):
+                raise ValueError(f"--param {name} takes true or false, got {text!r}")
+            values[name] = text.lower() == "true"
+        else:
+            try:
+                values[name] = kind(text)
+            except ValueError as err:
+                raise ValueError(f"--param {name}: {text!r} is not a {kind.__name__}") from err
+    return values
 
 
 def _sim_parser(sub: argparse._SubParsersAction) -> None:

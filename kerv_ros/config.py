@@ -14,10 +14,11 @@ from dataclasses import dataclass, field, replace
 
 from kerv_ros.actions import N_BINS
 
-MODES = ("ar", "spec", "spec_relaxed")
+MODES = ("ar", "spec", "spec_relaxed", "kerv")
 """Decode modes this engine implements. ``ar`` is the greedy baseline; ``spec`` drafts with the
 EAGLE-style head and accepts exactly; ``spec_relaxed`` accepts a draft token within
-``relaxed_threshold`` bins of the verifier's (Spec-VLA)."""
+``relaxed_threshold`` bins of the verifier's (Spec-VLA); ``kerv`` is relaxed acceptance with a
+threshold that follows the arm's motion, and Kalman-filter compensation of rejected dimensions."""
 
 PANDA_ARM_JOINTS = tuple(f"panda_joint{i}" for i in range(1, 8))
 
@@ -49,17 +50,71 @@ class DraftConfig:
 
 
 @dataclass(frozen=True)
+class KalmanConfig:
+    """The KERV filter over the end-effector motion in action units (``kalman.py``).
+
+    Noise values are standard deviations in normalised action units (the [-1, 1] scale of the
+    action tokens; one bin is 2/255 ~ 0.008).
+    """
+
+    model: str = "cv"
+    """``cv`` (state: action and its change per step) or ``ca`` (and the change of that)."""
+    process_std: float = 0.05
+    """How much the highest derivative of the state may change in one control period."""
+    action_std: float = 0.05
+    """An executed action as a measurement of the motion it commanded."""
+    twist_std: float = 0.05
+    """The measured end-effector twist, converted to action units, as a measurement."""
+
+
+@dataclass(frozen=True)
+class KervConfig:
+    """KERV (mode ``kerv``): kinematic dynamic threshold and Kalman compensation.
+
+    The threshold for a step is ``r = r_min + (r_max - r_min) * exp(-v)`` with the kinematic
+    variability ``v = w_speed * |m| + w_accel * |m - m_prev| + w_innovation * sqrt(nis)`` (m: the
+    measured end-effector motion in action units, nis: the filter's mean normalised innovation
+    squared), and ``r = r_min`` for ``gripper_window`` steps after the gripper command changes.
+    Slow, steady motion gets a wide threshold; fast or changing motion, a surprise to the filter
+    or a grasp gets a narrow one.
+    """
+
+    dynamic_threshold: bool = True
+    """Off: the fixed ``relaxed_threshold`` (ablation)."""
+    r_min: int = 5
+    r_max: int = 15
+    w_speed: float = 0.5
+    w_accel: float = 2.0
+    w_innovation: float = 0.5
+    gripper_window: int = 3
+    compensation: bool = True
+    """Fill the dimensions after a rejection from the filter instead of another target pass."""
+    compensation_every: int = 5
+    """At most one compensated step in this many consecutive steps (KERV: intermittent)."""
+    compensation_max_std: float = 0.1
+    """Compensate only where the filter's predicted std is below this (action units)."""
+    compensation_max_nis: float = 9.0
+    """... and the filter's last mean normalised innovation squared is below this."""
+    kalman: KalmanConfig = field(default_factory=KalmanConfig)
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """Everything that decides how one action step is decoded."""
 
     mode: str = "spec"
     draft: DraftConfig = field(default_factory=DraftConfig)
     relaxed_threshold: int = 9
-    """Largest accepted |draft - verifier| in bins for ``spec_relaxed`` (0 = exact)."""
+    """Largest accepted |draft - verifier| in bins for ``spec_relaxed``, and for ``kerv`` when its
+    dynamic threshold is off (0 = exact)."""
+    kerv: KervConfig = field(default_factory=KervConfig)
 
     def problems(self) -> list[str]:
         """Reasons this configuration cannot be used; empty when it is valid."""
-        return problems(self, ENGINE_PARAMS)
+        out = problems(self, ENGINE_PARAMS)
+        if self.kerv.r_min > self.kerv.r_max:
+            out.append(f"kerv_r_min {self.kerv.r_min} is above kerv_r_max {self.kerv.r_max}")
+        return out
 
     def validate(self) -> EngineConfig:
         """Return self, or raise ValueError listing every problem."""
@@ -68,8 +123,11 @@ class EngineConfig:
 
     @property
     def threshold(self) -> int:
-        """The bin threshold the acceptance rule uses in this mode."""
-        return self.relaxed_threshold if self.mode == "spec_relaxed" else 0
+        """The fixed bin threshold of this mode.
+
+        ``kerv`` with its dynamic threshold on sets its own per step instead.
+        """
+        return self.relaxed_threshold if self.mode in ("spec_relaxed", "kerv") else 0
 
     def with_mode(self, mode: str) -> EngineConfig:
         return replace(self, mode=mode).validate()
@@ -115,6 +173,9 @@ class ModelConfig:
     unnorm_key: str = ""
     trust_remote_code: bool = False
     device: str = "cpu"
+    urdf: str = ""
+    """Robot description for the kinematics ('' = pybullet_data's Panda, the simulator's)."""
+    ee_frame: str = "panda_grasptarget"
     torch_threads: int = 1
     """CPU threads for the model (0 = torch's default). One by default: measured on 2 cores, two
     OpenMP threads spinning against the executor's threads made the p99 step 12x longer."""
@@ -128,6 +189,82 @@ ENGINE_PARAMS = (
         "spec_relaxed: largest accepted |draft - verifier| in bins",
         0,
         N_BINS - 1,
+    ),
+    Param(
+        "kerv_dynamic_threshold",
+        ("kerv", "dynamic_threshold"),
+        "kerv: threshold follows the arm's motion (false = relaxed_threshold)",
+    ),
+    Param("kerv_r_min", ("kerv", "r_min"), "kerv: narrowest threshold (bins)", 0, N_BINS - 1),
+    Param("kerv_r_max", ("kerv", "r_max"), "kerv: widest threshold (bins)", 0, N_BINS - 1),
+    Param("kerv_w_speed", ("kerv", "w_speed"), "kerv: weight of motion speed", 0.0, 100.0),
+    Param("kerv_w_accel", ("kerv", "w_accel"), "kerv: weight of motion change", 0.0, 100.0),
+    Param(
+        "kerv_w_innovation",
+        ("kerv", "w_innovation"),
+        "kerv: weight of the filter's innovation",
+        0.0,
+        100.0,
+    ),
+    Param(
+        "kerv_gripper_window",
+        ("kerv", "gripper_window"),
+        "kerv: steps at r_min after a gripper change",
+        0,
+        100,
+    ),
+    Param(
+        "kerv_compensation",
+        ("kerv", "compensation"),
+        "kerv: fill rejected dimensions from the Kalman filter",
+    ),
+    Param(
+        "kerv_compensation_every",
+        ("kerv", "compensation_every"),
+        "kerv: at most one compensated step in this many",
+        1,
+        1000,
+    ),
+    Param(
+        "kerv_compensation_max_std",
+        ("kerv", "compensation_max_std"),
+        "kerv: compensate only below this predicted std (action units)",
+        0.0,
+        2.0,
+    ),
+    Param(
+        "kerv_compensation_max_nis",
+        ("kerv", "compensation_max_nis"),
+        "kerv: compensate only below this normalised innovation squared",
+        0.0,
+        1000.0,
+    ),
+    Param(
+        "kalman_model",
+        ("kerv", "kalman", "model"),
+        "Kalman motion model: cv | ca",
+        choices=("cv", "ca"),
+    ),
+    Param(
+        "kalman_process_std",
+        ("kerv", "kalman", "process_std"),
+        "Kalman process noise (action units per step)",
+        1e-6,
+        10.0,
+    ),
+    Param(
+        "kalman_action_std",
+        ("kerv", "kalman", "action_std"),
+        "Kalman noise of executed actions (action units)",
+        1e-6,
+        10.0,
+    ),
+    Param(
+        "kalman_twist_std",
+        ("kerv", "kalman", "twist_std"),
+        "Kalman noise of the measured twist (action units)",
+        1e-6,
+        10.0,
     ),
     Param("draft_depth", ("draft", "depth"), "draft tree depth (tokens ahead)", 1, 6),
     Param("draft_top_k", ("draft", "top_k"), "nodes expanded per draft level (1 = chain)", 1, 32),
@@ -169,6 +306,8 @@ MODEL_PARAMS = (
         read_only=True,
     ),
     Param("device", ("device",), "torch device of the model", read_only=True),
+    Param("urdf", ("urdf",), "robot URDF ('' = the simulator's Panda)", read_only=True),
+    Param("ee_frame", ("ee_frame",), "end-effector frame of the URDF", read_only=True),
     Param(
         "torch_threads",
         ("torch_threads",),

@@ -3,8 +3,11 @@
 Read :meth:`DecodeEngine.step` top to bottom: prefill the observation (the target's first token
 comes free with it), then either decode greedily one token per target forward (``ar``) or loop
 draft -> one tree-verify forward -> walk the tree with the acceptance rule -> commit the path
-(``spec``, ``spec_relaxed``) until the step has its 7 tokens. Every mode is counted the same
-way (DESIGN.md 2, Counting) so that ratios against ``ar`` are fair.
+(``spec``, ``spec_relaxed``, ``kerv``) until the step has its 7 tokens. ``kerv`` first asks the
+motion tracker for the filter's prediction and the step's kinematic threshold, and when a verify
+rejects a draft it may finish the step from the prediction instead of another target pass
+(compensation). Every mode is counted the same way (DESIGN.md 2, Counting) so that ratios against
+``ar`` are fair.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from kerv_ros.actions import ACTION_DIMS
 from kerv_ros.config import EngineConfig
 from kerv_ros.decoding.acceptance import TokenAcceptance, walk_tree
 from kerv_ros.decoding.drafter import Drafter
+from kerv_ros.motion import MotionPrior, MotionTracker
 from kerv_ros.policy.backend import Observation, PolicyBackend
 
 
@@ -63,6 +67,9 @@ class StepResult:
     draft_forwards: int = 0
     threshold: float = 0.0
     compensated_dims: list[int] = field(default_factory=list)
+    """Dimensions whose tokens came from the Kalman filter instead of the target (``kerv``)."""
+    twist_source: str = ""
+    """Where ``kerv``'s motion measurement came from (see :class:`MotionPrior`)."""
     verify_skipped: bool = False
     timings: StepTimings = field(default_factory=StepTimings)
 
@@ -106,15 +113,23 @@ class DecodeEngine:
     """Decodes one 7-token action step per call in the configured mode.
 
     ``config`` may be replaced between steps (:meth:`configure`); a step always runs with the
-    configuration it started with.
+    configuration it started with. ``kinematics`` (an
+    :class:`kerv_ros.kinematics.ArmKinematics`) lets ``kerv`` seed its filter from the measured
+    joint motion, and ``period_s`` is the control period the actions are deltas over.
     """
 
     def __init__(
-        self, backend: PolicyBackend, drafter: Drafter | None, config: EngineConfig
+        self,
+        backend: PolicyBackend,
+        drafter: Drafter | None,
+        config: EngineConfig,
+        kinematics=None,
+        period_s: float = 0.1,
     ) -> None:
         self.backend = backend
         self.drafter = drafter
         self.config = EngineConfig()
+        self.motion = MotionTracker(config.kerv, backend.norm_stats, period_s, kinematics)
         self.configure(config)
 
     def configure(self, config: EngineConfig) -> None:
@@ -122,11 +137,18 @@ class DecodeEngine:
         config.validate()
         if config.mode != "ar" and self.drafter is None:
             raise ValueError(f"mode {config.mode!r} needs a drafter and none is loaded")
+        self.motion.configure(config.kerv)
         self.config = config
 
     def step(self, observation: Observation) -> StepResult:
         config = self.config
         clock = _PhaseClock(self.backend.device)
+        prior = None
+        threshold = config.threshold
+        if config.mode == "kerv":
+            prior = self.motion.begin(observation)
+            if config.kerv.dynamic_threshold:
+                threshold = prior.threshold
         with clock.phase("prefill"):
             state = self.backend.prefill(observation)
         result = StepResult(
@@ -136,14 +158,17 @@ class DecodeEngine:
             action=np.zeros(0),
             raw_action=np.zeros(0),
             target_forwards=1,
-            threshold=float(config.threshold),
+            threshold=float(threshold),
+            twist_source=prior.twist_source if prior is not None else "",
         )
         if config.mode == "ar":
             self._decode_greedy(state, result, clock)
         else:
-            self._decode_speculative(state, result, clock, TokenAcceptance(config.threshold))
+            self._decode_speculative(state, result, clock, TokenAcceptance(threshold), prior)
         result.action = self.backend.action_tokenizer.decode(np.array(result.tokens))
         result.raw_action = self.backend.norm_stats.unnormalize(result.action)
+        if prior is not None:
+            self.motion.executed(result.action, compensated=bool(result.compensated_dims))
         result.timings = clock.finish()
         return result
 
@@ -159,9 +184,19 @@ class DecodeEngine:
             result.accepted_lengths.append(1)
 
     def _decode_speculative(
-        self, state, result: StepResult, clock: _PhaseClock, rule: TokenAcceptance
+        self,
+        state,
+        result: StepResult,
+        clock: _PhaseClock,
+        rule: TokenAcceptance,
+        prior: MotionPrior | None,
     ) -> None:
-        """Draft a tree, verify it in one forward, keep the accepted path, repeat."""
+        """Draft a tree, verify it in one forward, keep the accepted path, repeat.
+
+        With a motion prior (``kerv``), a rejection may end the step: the verifier's correction
+        stands, and the dimensions after it come from the filter's prediction when the tracker
+        judges it confident (:meth:`MotionTracker.may_compensate`).
+        """
         with clock.phase("draft"):
             session = self.drafter.start(self.backend, state)
         while len(result.tokens) < ACTION_DIMS:
@@ -182,6 +217,15 @@ class DecodeEngine:
             if len(result.tokens) < ACTION_DIMS:
                 result.tokens.append(walk.correction)
                 result.sources.append(TokenSource.VERIFIER)
-                session.advance(out.hidden[walk.path], walk.accepted)
             result.accepted_lengths.append(len(result.tokens) - before)
+            if len(result.tokens) == ACTION_DIMS:
+                break
+            rest = list(range(len(result.tokens), ACTION_DIMS))
+            if prior is not None and self.motion.may_compensate(prior, rest):
+                tokenizer = self.backend.action_tokenizer
+                result.tokens += tokenizer.encode(prior.mean[rest]).tolist()
+                result.sources += [TokenSource.KALMAN] * len(rest)
+                result.compensated_dims = rest
+                break
+            session.advance(out.hidden[walk.path], walk.accepted)
         result.draft_forwards = session.forwards

@@ -23,12 +23,16 @@ class Observation:
     """One control tick's input.
 
     An RGB image (H x W x 3, uint8), the instruction, and the arm's joint positions
-    (proprioception) for policies that read them.
+    (proprioception) for policies that read them. The joint velocities and the joint reading's
+    stamp (seconds) feed KERV's kinematics; velocities may be None (absent or not finite in the
+    message: the twist then comes from finite differences over the stamps).
     """
 
     image: np.ndarray
     instruction: str
     state: np.ndarray | None = None
+    velocities: np.ndarray | None = None
+    stamp: float | None = None
 
     def __post_init__(self) -> None:
         image = np.asarray(self.image)
@@ -44,6 +48,12 @@ class Observation:
             self.state = np.asarray(self.state, dtype=np.float32)
             if self.state.ndim != 1 or not np.all(np.isfinite(self.state)):
                 raise ValueError(f"state must be a finite vector, got {self.state}")
+        if self.velocities is not None:
+            self.velocities = np.asarray(self.velocities, dtype=np.float64)
+            if self.state is None or self.velocities.shape != self.state.shape:
+                raise ValueError("velocities need joint positions (state) of the same length")
+            if not np.all(np.isfinite(self.velocities)):
+                self.velocities = None  # never used as numbers; the twist falls back, flagged
         self.image = image
 
 

@@ -243,25 +243,42 @@ def expert_success(
     }
 
 
-def expert_observations(count: int, seed: int, image_size: int = 128) -> list[Observation]:
-    """``count`` observations along expert episodes (every 3rd step, tasks in turn), seeded.
+def expert_observations(
+    count: int, seed: int, image_size: int = 128, run_length: int = 10
+) -> list[Observation]:
+    """``count`` observations along expert episodes, in runs of consecutive control ticks.
 
     What a policy trained on the simulator sees in closed loop: benchmarks on them measure the
-    drafter where it is used, not on images it never saw.
+    drafter where it is used, not on images it never saw. Each run of ``run_length`` ticks
+    (tasks in turn, a fresh episode each, starting at a different tick of it so that approach,
+    grasp and transport all appear) carries the joint velocities and stamps a node would get, so
+    that ``kerv``'s filter follows the arm through it; runs are an hour apart in stamp time, so
+    the filter starts over at each.
     """
     world = PandaWorld(SimConfig(image_size=image_size))
     out: list[Observation] = []
+    runs = 0
 
     def on_step(step, world, episode, command):
-        if command is not None and step % 3 == 0 and len(out) < count:
-            instruction = episode.task.instruction(episode.layout.target)
-            out.append(Observation(world.render(), instruction, world.joints().positions[:7]))
+        start = (runs * 13) % 40
+        if command is not None and start <= step < start + run_length and len(out) < count:
+            joints = world.joints()
+            out.append(
+                Observation(
+                    world.render(),
+                    episode.task.instruction(episode.layout.target),
+                    joints.positions[:7],
+                    joints.velocities[:7],
+                    stamp=3600.0 * runs + step * world.config.period_s,
+                )
+            )
 
     try:
         episode_seed = seed
         while len(out) < count:
             for task in TASKS:
                 run_expert(world, task, episode_seed, on_step)
+                runs += 1
             episode_seed += 1
     finally:
         world.close()

@@ -1,0 +1,188 @@
+"""What the engine knows of the arm's motion between steps: KERV's filter, seed and threshold.
+
+Each step, :meth:`MotionTracker.begin` reads the observation's joint state, turns the measured
+end-effector twist ``J(q) q_dot`` into action units (the twist over one control period, through
+the model's own normalisation statistics) and conditions the Kalman filter on it, then predicts
+the next action. The prediction's mean and std are what compensation fills rejected dimensions
+with; the motion's speed and change, the filter's surprise and gripper changes set the step's
+acceptance threshold (formula in :class:`kerv_ros.config.KervConfig`). After the step,
+:meth:`MotionTracker.executed` conditions the filter on the action that was sent.
+
+Without kinematics (no URDF loaded, or observations without joint states) the filter still runs
+on the executed actions alone, as KERV's published code does on its token history; the prior
+then says so (``twist_source``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kerv_ros.actions import ACTION_DIMS, NormStats
+from kerv_ros.config import KervConfig
+from kerv_ros.kalman import ActionKalmanFilter
+from kerv_ros.policy.backend import Observation
+
+MOTION_DIMS = slice(0, 6)
+GRIPPER = 6
+GRIPPER_CHANGE = 0.5
+"""A change of the gripper action larger than this (normalised units, range 2) is an event."""
+MAX_GAP_PERIODS = 5.0
+"""Readings further apart than this many control periods start a new trajectory."""
+
+
+@dataclass(frozen=True)
+class MotionPrior:
+    """The filter's prediction of the coming action and the step's kinematic threshold."""
+
+    mean: np.ndarray
+    """Predicted action, normalised units."""
+    std: np.ndarray
+    nis: float
+    """Mean normalised innovation squared of the last measurements (motion dims; NaN if none)."""
+    variability: float
+    gripper_event: bool
+    threshold: int
+    twist_source: str
+    """``joint velocities``, ``finite difference`` or ``none`` (executed actions only)."""
+
+
+class MotionTracker:
+    """Keeps the filter in step with the arm over a stream of observations and actions."""
+
+    def __init__(
+        self,
+        config: KervConfig,
+        norm_stats: NormStats,
+        period_s: float,
+        kinematics=None,
+    ) -> None:
+        """``kinematics`` is an :class:`kerv_ros.kinematics.ArmKinematics` or None."""
+        self.config = config
+        self.norm_stats = norm_stats
+        self.period_s = period_s
+        self.estimator = None
+        if kinematics is not None:
+            from kerv_ros.kinematics import TwistEstimator  # pinocchio only when it is used
+
+            self.estimator = TwistEstimator(kinematics)
+        self.filter = ActionKalmanFilter(config.kalman, ACTION_DIMS)
+        self._reset_history()
+
+    def _reset_history(self) -> None:
+        self.filter.reset()
+        if self.estimator is not None:
+            self.estimator.reset()
+        self._last_motion: np.ndarray | None = None
+        self._last_stamp: float | None = None
+        self._instruction = ""
+        self._last_gripper: float | None = None
+        self._since_gripper_change = 10**9
+        self._nis: list[np.ndarray] = []
+        self.steps_since_compensation = 10**9
+
+    def configure(self, config: KervConfig) -> None:
+        """Adopt new thresholds and weights; a new motion model restarts the filter."""
+        if config.kalman != self.config.kalman:
+            self.filter = ActionKalmanFilter(config.kalman, ACTION_DIMS)
+        self.config = config
+
+    def _new_trajectory(self, observation: Observation) -> bool:
+        stamp = observation.stamp
+        if observation.instruction != self._instruction:
+            return True
+        if stamp is None or self._last_stamp is None:
+            return False
+        gap = stamp - self._last_stamp
+        return gap < 0 or gap > MAX_GAP_PERIODS * self.period_s
+
+    def twist_to_action(self, twist: np.ndarray) -> np.ndarray:
+        """End-effector twist (m/s, rad/s) -> the action that would command it, normalised.
+
+        The gripper is not part of a twist: NaN, which the filter skips.
+        """
+        raw = np.append(np.asarray(twist, dtype=np.float64) * self.period_s, np.nan)
+        return self.norm_stats.normalize(raw)
+
+    def begin(self, observation: Observation) -> MotionPrior:
+        """Seed the filter from the observation's measured motion and predict this step."""
+        if self._new_trajectory(observation):
+            self._reset_history()
+        self._instruction = observation.instruction
+        self._last_stamp = observation.stamp
+        source = "none"
+        measured = None
+        if self.estimator is not None and observation.state is not None:
+            motion = self.estimator.update(
+                observation.state, observation.velocities, observation.stamp
+            )
+            if motion.twist is not None:
+                measured = self.twist_to_action(motion.twist)
+                self._nis.append(self.filter.update(measured, self.config.kalman.twist_std))
+                source = "finite difference" if motion.finite_difference else "joint velocities"
+        if measured is None and self._last_gripper is not None:
+            measured = self.filter.mean  # the executed action, as the filter holds it
+        nis = self._mean_nis()
+        self._nis = []
+        speed = accel = 0.0
+        if measured is not None:
+            speed = float(np.linalg.norm(measured[MOTION_DIMS]))
+            if self._last_motion is not None:
+                accel = float(np.linalg.norm(measured[MOTION_DIMS] - self._last_motion))
+            self._last_motion = measured[MOTION_DIMS].copy()
+        self.filter.predict()
+        config = self.config
+        variability = (
+            config.w_speed * speed
+            + config.w_accel * accel
+            + config.w_innovation * (np.sqrt(nis) if np.isfinite(nis) else 0.0)
+        )
+        gripper_event = self._since_gripper_change < config.gripper_window
+        if gripper_event:
+            threshold = config.r_min
+        else:
+            span = config.r_max - config.r_min
+            threshold = round(config.r_min + span * float(np.exp(-variability)))
+        return MotionPrior(
+            mean=self.filter.mean,
+            std=self.filter.std,
+            nis=nis,
+            variability=float(variability),
+            gripper_event=gripper_event,
+            threshold=threshold,
+            twist_source=source,
+        )
+
+    def _mean_nis(self) -> float:
+        values = [n[MOTION_DIMS] for n in self._nis]
+        values = np.concatenate(values) if values else np.array([])
+        values = values[np.isfinite(values)]
+        return float(values.mean()) if values.size else float("nan")
+
+    def may_compensate(self, prior: MotionPrior, dims: list[int]) -> bool:
+        """KERV's gate on filling ``dims`` from the filter.
+
+        The filter must be confident on those dims and unsurprised by the last measurements,
+        and ``compensation_every`` steps must have passed since the last compensated one.
+        """
+        config = self.config
+        return (
+            config.compensation
+            and self.steps_since_compensation >= config.compensation_every - 1
+            and np.isfinite(prior.nis)
+            and prior.nis <= config.compensation_max_nis
+            and bool(np.all(prior.std[dims] <= config.compensation_max_std))
+        )
+
+    def executed(self, action: np.ndarray, compensated: bool) -> None:
+        """Condition the filter on the action sent this step (normalised units)."""
+        action = np.asarray(action, dtype=np.float64)
+        self._nis.append(self.filter.update(action, self.config.kalman.action_std))
+        gripper = float(action[GRIPPER])
+        if self._last_gripper is not None and abs(gripper - self._last_gripper) > GRIPPER_CHANGE:
+            self._since_gripper_change = 0
+        else:
+            self._since_gripper_change += 1
+        self._last_gripper = gripper
+        self.steps_since_compensation = 0 if compensated else self.steps_since_compensation + 1
