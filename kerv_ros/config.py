@@ -21,6 +21,8 @@ EAGLE-style head and accepts exactly; ``spec_relaxed`` accepts a draft token wit
 threshold that follows the arm's motion, and Kalman-filter compensation of rejected dimensions."""
 
 PANDA_ARM_JOINTS = tuple(f"panda_joint{i}" for i in range(1, 8))
+PANDA_EE_FRAME = "panda_grasptarget"
+"""Between the Panda's fingertips: the point the simulator moves and the policy aims at."""
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,7 @@ class ModelConfig:
     device: str = "cpu"
     urdf: str = ""
     """Robot description for the kinematics ('' = pybullet_data's Panda, the simulator's)."""
-    ee_frame: str = "panda_grasptarget"
+    ee_frame: str = PANDA_EE_FRAME
     torch_threads: int = 1
     """CPU threads for the model (0 = torch's default). One by default: measured on 2 cores, two
     OpenMP threads spinning against the executor's threads made the p99 step 12x longer."""

@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 import pinocchio as pin
 
-PANDA_EE_FRAME = "panda_grasptarget"
-"""Between the Panda's fingertips: the point the simulator moves and the policy aims."""
+from kerv_ros.config import PANDA_EE_FRAME
 
 
 def default_urdf() -> Path:
@@ -28,32 +27,6 @@ def default_urdf() -> Path:
     import pybullet_data
 
     return Path(pybullet_data.getDataPath()) / "franka_panda" / "panda.urdf"
-
-
-@dataclass(frozen=True)
-class KinematicsConfig:
-    """Which robot description and which of its frames the kinematics use."""
-
-    urdf: str = ""
-    """URDF file; '' = the Panda of pybullet_data (the simulator's robot)."""
-    ee_frame: str = PANDA_EE_FRAME
-
-
-def select_joints(names, values, wanted: tuple[str, ...], what: str = "positions") -> np.ndarray:
-    """``values`` given per ``names`` (any order, extra joints allowed) -> the ``wanted`` joints.
-
-    Missing joints and length mismatches raise ValueError naming them: guessing which joint
-    a value belongs to could move the wrong one.
-    """
-    names = list(names)
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) != len(names):
-        raise ValueError(f"{len(names)} joint names but {len(values)} {what}")
-    index = {name: i for i, name in enumerate(names)}
-    missing = [name for name in wanted if name not in index]
-    if missing:
-        raise ValueError(f"joints {missing} missing (have {names})")
-    return values[[index[name] for name in wanted]]
 
 
 @dataclass(frozen=True)
@@ -75,14 +48,18 @@ class Motion:
 class ArmKinematics:
     """Forward kinematics and Jacobians of one end-effector frame over named arm joints.
 
-    ``joint_names`` are the arm joints the node reads from JointState, in its configured order;
-    every other joint of the URDF (the fingers) stays at its neutral position, which cannot move
-    the end-effector frame of a serial arm whose fingers hang off the hand.
+    ``joint_names`` are the arm joints the node reads from JointState, in its configured order
+    (``ros_io.joint_sample`` picks them out of a message in any order, ignores extra joints and
+    names missing ones); every other joint of the URDF (the fingers) stays at its neutral
+    position, which cannot move the end-effector frame of a serial arm whose fingers hang off
+    the hand.
     """
 
-    def __init__(self, joint_names: tuple[str, ...], config: KinematicsConfig | None = None):
-        config = config or KinematicsConfig()
-        path = Path(config.urdf) if config.urdf else default_urdf()
+    def __init__(
+        self, joint_names: tuple[str, ...], urdf: str = "", ee_frame: str = PANDA_EE_FRAME
+    ) -> None:
+        """``urdf`` '' is the Panda of pybullet_data (the simulator's robot)."""
+        path = Path(urdf) if urdf else default_urdf()
         if not path.is_file():
             raise FileNotFoundError(f"URDF not found: {path}")
         try:
@@ -90,10 +67,10 @@ class ArmKinematics:
         except Exception as err:  # pinocchio raises plain ValueError/RuntimeError with XML detail
             raise ValueError(f"cannot load URDF {path}: {err}") from err
         self.data = self.model.createData()
-        if not self.model.existFrame(config.ee_frame):
+        if not self.model.existFrame(ee_frame):
             frames = [f.name for f in self.model.frames]
-            raise ValueError(f"URDF {path.name} has no frame {config.ee_frame!r} (has {frames})")
-        self.ee_frame = self.model.getFrameId(config.ee_frame)
+            raise ValueError(f"URDF {path.name} has no frame {ee_frame!r} (has {frames})")
+        self.ee_frame = self.model.getFrameId(ee_frame)
         unknown = [name for name in joint_names if not self.model.existJointName(name)]
         if unknown:
             raise ValueError(f"URDF {path.name} has no joints {unknown}")

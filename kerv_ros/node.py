@@ -105,6 +105,7 @@ class _Health:
     last_error: str = ""
     error_level: bytes = DiagnosticStatus.OK
     note: str = ""  # a warning that does not stop commanding (e.g. no joint velocities)
+    twist_source: str = ""  # kerv: where the last step's measured motion came from
 
 
 def _descriptor(param: Param, value: object) -> ParameterDescriptor:
@@ -146,6 +147,7 @@ class KervNode(Node):
         self._rates_since = (time.monotonic(), 0, 0, 0)
         self._normalised_gripper = True
         self._last_hold_log = 0.0
+        self._kinematics_note = "not loaded"
 
         self._tick = threading.Event()  # set by the control timer, consumed by the model thread
         self._model_thread: threading.Thread | None = None
@@ -245,7 +247,31 @@ class KervNode(Node):
         self._engine_config = engine
         if control.control_rate_hz != self._control.control_rate_hz and self._control_timer:
             self._control_timer.timer_period_ns = int(control.period_s * 1e9)
+        motion_changed = (control.joint_names, control.control_rate_hz) != (
+            self._control.joint_names,
+            self._control.control_rate_hz,
+        )
         self._control = control
+        if motion_changed and self._engine is not None:
+            self._engine.set_kinematics(self._load_kinematics(), control.period_s)
+
+    def _load_kinematics(self):
+        """The arm's kinematics for kerv, or None with a warning.
+
+        Without them kerv's filter runs on executed actions alone (flagged in diagnostics);
+        every other mode is unaffected.
+        """
+        model = config_from_params(ModelConfig(), MODEL_PARAMS, self._values(MODEL_PARAMS))
+        try:
+            from kerv_ros.kinematics import ArmKinematics
+
+            kinematics = ArmKinematics(self._control.joint_names, model.urdf, model.ee_frame)
+        except Exception as err:  # a robot description that fails must not stop the arm
+            self._kinematics_note = f"kinematics unavailable: {type(err).__name__}: {err}"
+            self.get_logger().warning(f"{self._kinematics_note}; kerv uses executed actions only")
+            return None
+        self._kinematics_note = f"{kinematics.urdf.name}, frame {model.ee_frame}"
+        return kinematics
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -269,7 +295,13 @@ class KervNode(Node):
             if model.drafter_path:
                 drafter = EagleDrafter.load(model.drafter_path, device=model.device)
                 drafter.draft_config = self._engine_config.draft
-            self._engine = DecodeEngine(backend, drafter, self._engine_config)
+            self._engine = DecodeEngine(
+                backend,
+                drafter,
+                self._engine_config,
+                self._load_kinematics(),
+                self._control.period_s,
+            )
             # One step on a blank image: lazy initialisation (allocator, kernels) happens here,
             # not in the first command the arm receives.
             blank = np.full((64, 64, 3), 128, np.uint8)
@@ -361,7 +393,13 @@ class KervNode(Node):
             raise ros_io.StaleInputError("no instruction (topic ~/instruction or parameter)")
         sample = ros_io.joint_sample(joints.msg, self._control.joint_names)
         rgb = ros_io.image_to_rgb(image.msg)
-        return Observation(rgb, instruction, sample.positions), sample
+        # The reading's own stamp times finite differences; drivers that leave it zero get
+        # the time it arrived.
+        stamp = ros_io.stamp_seconds(joints.msg.header.stamp) or joints.received
+        observation = Observation(
+            rgb, instruction, sample.positions, sample.velocities, stamp=stamp
+        )
+        return observation, sample
 
     # --- the control loop -----------------------------------------------------------------
 
@@ -416,6 +454,7 @@ class KervNode(Node):
         if elapsed_ms > self._control.period_s * 1e3:
             health.overruns += 1
         health.note = joints.velocity_note
+        health.twist_source = result.twist_source
         self._set_error("", DiagnosticStatus.OK)
 
     def _hold(self, reason: str, level: bytes) -> None:
@@ -504,6 +543,8 @@ class KervNode(Node):
             "node_overhead_ms_p50": f"{np.percentile(overhead, 50):.2f}",
             "node_overhead_ms_p99": f"{np.percentile(overhead, 99):.2f}",
             "last_error": health.last_error,
+            "kinematics": self._kinematics_note,
+            "twist_source": health.twist_source,
         }
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         array = DiagnosticArray(status=[status])

@@ -117,6 +117,11 @@ def joint_sample(msg, joint_names: tuple[str, ...]) -> JointSample:
     return JointSample(arm_positions, arm_velocities)
 
 
+def stamp_seconds(stamp) -> float:
+    """builtin_interfaces/Time -> seconds (0.0 for an unset stamp)."""
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
 def clamp_norm(vector: np.ndarray, limit: float) -> np.ndarray:
     """Scale ``vector`` down to norm ``limit`` if it is longer: the direction is kept."""
     norm = float(np.linalg.norm(vector))

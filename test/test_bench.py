@@ -14,6 +14,9 @@ FIELDS = {
     "speedup_vs_ar_decode",
     "token_mismatch_vs_ar",
     "action_error_vs_ar",
+    "compensated_dims_per_step",
+    "compensated_step_share",
+    "threshold_mean",
 }
 
 
@@ -28,9 +31,13 @@ def test_bench_json(tmp_path):
         "--warmup",
         "0",
         "--modes",
-        "ar,spec,spec_relaxed",
+        "ar,spec,spec_relaxed,kerv,kerv_no_comp",
         "--threshold",
         "0",
+        "--param",
+        "kerv_dynamic_threshold=false",
+        "--param",
+        "kerv_compensation=false",
         "--json",
         str(out),
     )
@@ -39,22 +46,30 @@ def test_bench_json(tmp_path):
     data = json.loads(out.read_text())
     assert data["model"] == "random"
     assert data["steps"] == 2
-    assert set(data["modes"]) == {"ar", "spec", "spec_relaxed"}
+    assert set(data["modes"]) == {"ar", "spec", "spec_relaxed", "kerv", "kerv_no_comp"}
     for mode, values in data["modes"].items():
         assert set(values) >= FIELDS, mode
     ar = data["modes"]["ar"]
     assert ar["target_forwards_per_step"] == 7.0
     assert ar["mean_accepted_length"] == 1.0
-    # Threshold 0: both speculative modes are lossless.
-    for mode in ("spec", "spec_relaxed"):
+    # Threshold 0 (and kerv's own threshold and compensation off): every mode is lossless.
+    for mode in ("spec", "spec_relaxed", "kerv", "kerv_no_comp"):
         assert data["modes"][mode]["token_mismatch_vs_ar"] == 0.0
         assert data["modes"][mode]["action_error_vs_ar"] == 0.0
+        assert data["modes"][mode]["compensated_dims_per_step"] == 0.0
+    assert data["modes"]["kerv"]["threshold_mean"] == 0.0
 
 
 def test_bench_refuses_bad_flags_before_loading():
     proc = run_kerv("bench", "--modes", "ar,warp", timeout=120)
     assert proc.returncode == 2
-    assert "unknown mode 'warp'" in proc.stderr
+    assert "unknown mode or variant 'warp'" in proc.stderr
+    proc = run_kerv("bench", "--param", "kerv_r_max=wide", timeout=120)
+    assert proc.returncode == 2
+    assert "--param kerv_r_max: 'wide' is not a int" in proc.stderr
+    proc = run_kerv("bench", "--param", "kerv_r_min=20", timeout=120)
+    assert proc.returncode == 2
+    assert "kerv_r_min 20 is above kerv_r_max 15" in proc.stderr
     proc = run_kerv("bench", "--threads", "-1", timeout=120)
     assert proc.returncode == 2
     assert "--threads must be >= 0" in proc.stderr

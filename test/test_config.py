@@ -14,6 +14,8 @@ from kerv_ros.config import (
     ControlConfig,
     DraftConfig,
     EngineConfig,
+    KalmanConfig,
+    KervConfig,
     ModelConfig,
     config_from_params,
     params_of,
@@ -32,6 +34,14 @@ from kerv_ros.policy.vla import DefaultVLA
         (EngineConfig(draft=DraftConfig(depth=0)), "depth 0"),
         (EngineConfig(draft=DraftConfig(top_k=0)), "top_k 0"),
         (EngineConfig(draft=DraftConfig(node_budget=0)), "node_budget 0"),
+        (EngineConfig(kerv=KervConfig(r_min=10, r_max=5)), "kerv_r_min 10 is above kerv_r_max 5"),
+        (EngineConfig(kerv=KervConfig(compensation_every=0)), "kerv_compensation_every 0"),
+        (EngineConfig(kerv=KervConfig(w_accel=-1.0)), "kerv_w_accel -1.0"),
+        (
+            EngineConfig(kerv=KervConfig(kalman=KalmanConfig(model="jerk"))),
+            "unknown kalman_model 'jerk'",
+        ),
+        (EngineConfig(kerv=KervConfig(kalman=KalmanConfig(twist_std=0.0))), "kalman_twist_std"),
     ],
 )
 def test_invalid_values_are_refused(config, reason):
@@ -44,9 +54,10 @@ def test_every_problem_is_reported():
     assert len(config.problems()) == 3
 
 
-def test_threshold_is_zero_outside_relaxed_mode():
+def test_threshold_is_zero_outside_relaxed_modes():
     assert EngineConfig(mode="spec", relaxed_threshold=5).threshold == 0
     assert EngineConfig(mode="spec_relaxed", relaxed_threshold=5).threshold == 5
+    assert EngineConfig(mode="kerv", relaxed_threshold=5).threshold == 5
 
 
 def test_engine_refuses_speculation_without_drafter_and_keeps_old_config():
@@ -67,7 +78,7 @@ def test_engine_refuses_speculation_without_drafter_and_keeps_old_config():
 
 
 def test_modes_are_the_documented_ones():
-    assert MODES == ("ar", "spec", "spec_relaxed")
+    assert MODES == ("ar", "spec", "spec_relaxed", "kerv")
 
 
 def test_yaml_repeats_the_dataclass_defaults():

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from models import SMALL
 
 from kerv_ros.bench import synthetic_observations
-from kerv_ros.config import DraftConfig, EngineConfig
+from kerv_ros.config import DraftConfig, EngineConfig, KervConfig
 from kerv_ros.decoding.drafter import EagleConfig, EagleDrafter
 from kerv_ros.decoding.engine import DecodeEngine, TokenSource
 from kerv_ros.policy.vla import DefaultVLA, VLAConfig
@@ -20,6 +20,11 @@ from kerv_ros.policy.vla import DefaultVLA, VLAConfig
 EXACT_CONFIGS = [
     EngineConfig(mode="spec"),
     EngineConfig(mode="spec_relaxed", relaxed_threshold=0),
+    EngineConfig(
+        mode="kerv",
+        relaxed_threshold=0,
+        kerv=KervConfig(dynamic_threshold=False, compensation=False),
+    ),
 ]
 SHAPES = {
     "chain": DraftConfig(depth=6, top_k=1, node_budget=6),

@@ -132,6 +132,13 @@ class DecodeEngine:
         self.motion = MotionTracker(config.kerv, backend.norm_stats, period_s, kinematics)
         self.configure(config)
 
+    def set_kinematics(self, kinematics, period_s: float) -> None:
+        """Adopt a new arm description or control period; the motion tracker starts over.
+
+        The node calls this when the joint names or the control rate change.
+        """
+        self.motion = MotionTracker(self.config.kerv, self.backend.norm_stats, period_s, kinematics)
+
     def configure(self, config: EngineConfig) -> None:
         """Validate and adopt a new configuration (raises ValueError with the reasons)."""
         config.validate()
