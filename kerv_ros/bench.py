@@ -124,8 +124,21 @@ def summarise(results: dict[str, list[StepResult]]) -> dict[str, dict[str, float
             "compensated_dims_per_step": float(np.mean([len(r.compensated_dims) for r in steps])),
             "compensated_step_share": float(np.mean([bool(r.compensated_dims) for r in steps])),
             "threshold_mean": float(np.mean([r.threshold for r in steps])),
+            "kalman_error_vs_ar": _prediction_error(steps, ar_actions),
         }
     return summary
+
+
+def _prediction_error(steps: list[StepResult], ar_actions: np.ndarray) -> float | None:
+    """Mean |filter prediction - ar action| over the motion dims (action units).
+
+    None for a row without a filter (every mode but ``kerv``).
+    """
+    pairs = [(r.predicted_action, a) for r, a in zip(steps, ar_actions, strict=True)]
+    pairs = [(p, a) for p, a in pairs if p is not None]
+    if not pairs:
+        return None
+    return float(np.mean([np.abs(p[:6] - a[:6]).mean() for p, a in pairs]))
 
 
 COLUMNS = (
@@ -140,6 +153,7 @@ COLUMNS = (
     ("action_error_vs_ar", "|act-ar|", "{:.4f}"),
     ("compensated_dims_per_step", "comp dims", "{:.2f}"),
     ("threshold_mean", "r mean", "{:.1f}"),
+    ("kalman_error_vs_ar", "|kf-ar|", "{:.4f}"),
 )
 
 
@@ -147,7 +161,10 @@ def format_table(summary: dict[str, dict[str, float]]) -> str:
     """A plain-text table, one row per mode."""
     header = ["mode", *(title for _, title, _ in COLUMNS)]
     rows = [
-        [mode, *(fmt.format(values[key]) for key, _, fmt in COLUMNS)]
+        [
+            mode,
+            *("-" if values[key] is None else fmt.format(values[key]) for key, _, fmt in COLUMNS),
+        ]
         for mode, values in summary.items()
     ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]

@@ -2,7 +2,8 @@
 
 The loop does what kerv_node and sim_node do across processes, with the same conversions
 (``ros_io.action_to_twist``, ``ros_io.gripper_opening``): observe (image, instruction, arm joint
-positions), decode one action step, command the arm for one control period. Seeds are fixed,
+positions and velocities, the tick's time), decode one action step, command the arm for one
+control period. Seeds are fixed,
 so two runs give the same episodes.
 """
 
@@ -14,9 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from kerv_ros.config import ControlConfig, EngineConfig
+from kerv_ros.config import PANDA_ARM_JOINTS, ControlConfig, EngineConfig
 from kerv_ros.decoding.drafter import Drafter
 from kerv_ros.decoding.engine import DecodeEngine, StepResult
+from kerv_ros.kinematics import ArmKinematics
 from kerv_ros.policy.backend import Observation, PolicyBackend
 from kerv_ros.ros_io import action_to_twist, gripper_opening
 from kerv_ros.sim.tasks import new_episode, succeeded
@@ -49,10 +51,17 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
 
 
 def _policy_command(
-    world: PandaWorld, engine: DecodeEngine, instruction: str, control: ControlConfig
+    world: PandaWorld,
+    engine: DecodeEngine,
+    instruction: str,
+    control: ControlConfig,
+    stamp: float | None = None,
 ) -> tuple[StepResult, tuple[np.ndarray, np.ndarray, float]]:
     """Observe, decode one step, and convert it as kerv_node does: (linear, angular, gripper)."""
-    observation = Observation(world.render(), instruction, world.joints().positions[:7])
+    joints = world.joints()
+    observation = Observation(
+        world.render(), instruction, joints.positions[:7], joints.velocities[:7], stamp
+    )
     decoded = engine.step(observation)
     linear, angular = action_to_twist(
         decoded.raw_action, control.period_s, control.max_linear_speed, control.max_angular_speed
@@ -79,7 +88,8 @@ def run_episode(
     instruction = episode.task.instruction(episode.layout.target)
     result = EpisodeResult(task, seed, engine.config.mode, False, 0)
     for step in range(episode.task.max_steps):
-        decoded, command = _policy_command(world, engine, instruction, control)
+        stamp = step * control.period_s
+        decoded, command = _policy_command(world, engine, instruction, control, stamp)
         result.results.append(decoded)
         world.apply(*command)
         result.steps = step + 1
@@ -101,7 +111,9 @@ def closed_loop(
     """``episodes`` seeded episodes per task in the configured mode."""
     control = ControlConfig()
     world = PandaWorld(SimConfig(image_size=128, control_rate_hz=control.control_rate_hz))
-    engine = DecodeEngine(backend, drafter, config)
+    engine = DecodeEngine(
+        backend, drafter, config, ArmKinematics(PANDA_ARM_JOINTS), control.period_s
+    )
     out = []
     try:
         jobs = [(task, seed + i) for task in tasks for i in range(episodes)]

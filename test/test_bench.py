@@ -17,6 +17,7 @@ FIELDS = {
     "compensated_dims_per_step",
     "compensated_step_share",
     "threshold_mean",
+    "kalman_error_vs_ar",
 }
 
 
@@ -58,6 +59,8 @@ def test_bench_json(tmp_path):
         assert data["modes"][mode]["action_error_vs_ar"] == 0.0
         assert data["modes"][mode]["compensated_dims_per_step"] == 0.0
     assert data["modes"]["kerv"]["threshold_mean"] == 0.0
+    assert data["modes"]["ar"]["kalman_error_vs_ar"] is None  # only kerv runs a filter
+    assert data["modes"]["kerv"]["kalman_error_vs_ar"] >= 0.0
 
 
 def test_bench_refuses_bad_flags_before_loading():

@@ -111,6 +111,9 @@ def test_parameter_change_applies_next_step(node):
         ("draft_depth", 9, "draft_depth"),
         ("control_rate_hz", -1.0, "control_rate_hz"),
         ("model", "/elsewhere", "read-only"),
+        ("kerv_r_min", 40, "kerv_r_min 40 is above kerv_r_max 15"),
+        ("kalman_model", "jerk", "unknown kalman_model"),
+        ("urdf", "/elsewhere.urdf", "read-only"),
     ],
 )
 def test_bad_parameters_are_refused_and_change_nothing(node, name, value, reason):
@@ -226,6 +229,31 @@ def test_missing_velocities_still_command_with_a_warning(node):
         assert diag_status(status).level == b"\x01"  # WARN
     finally:
         node.probe.joints = good_joints()
+
+
+def test_kerv_follows_the_arm_through_its_kinematics(node):
+    commanding(node.probe)
+    assert node.probe.set_param("mode", "kerv").successful
+    stats = node.probe.wait_for(node.probe.stats, lambda m: m.mode == "kerv")
+    assert 5.0 <= stats.threshold <= 15.0  # the kinematic threshold, in its default range
+
+    def twist_source(expected):
+        def matches(diag):
+            status = diag_status(diag)
+            values = {v.key: v.value for v in status.values} if status else {}
+            return values.get("twist_source") == expected and "panda.urdf" in values["kinematics"]
+
+        return matches
+
+    try:
+        node.probe.wait_for(node.probe.diagnostics, twist_source("joint velocities"))
+        joints = good_joints()
+        joints.velocity = []
+        node.probe.joints = joints
+        node.probe.wait_for(node.probe.diagnostics, twist_source("finite difference"))
+    finally:
+        node.probe.joints = good_joints()
+        assert node.probe.set_param("mode", "spec").successful
 
 
 @pytest.mark.parametrize("encoding", ["bgr8", "rgba8", "bgra8", "mono8"])

@@ -70,6 +70,8 @@ class StepResult:
     """Dimensions whose tokens came from the Kalman filter instead of the target (``kerv``)."""
     twist_source: str = ""
     """Where ``kerv``'s motion measurement came from (see :class:`MotionPrior`)."""
+    predicted_action: np.ndarray | None = None
+    """``kerv``: the filter's prediction of this step's action (normalised), for evaluation."""
     verify_skipped: bool = False
     timings: StepTimings = field(default_factory=StepTimings)
 
@@ -167,6 +169,7 @@ class DecodeEngine:
             target_forwards=1,
             threshold=float(threshold),
             twist_source=prior.twist_source if prior is not None else "",
+            predicted_action=prior.mean if prior is not None else None,
         )
         if config.mode == "ar":
             self._decode_greedy(state, result, clock)
