@@ -33,6 +33,48 @@ TWIST_STAMPED = "geometry_msgs/msg/TwistStamped"
 DECODE_STATS = "kerv_ros/msg/DecodeStats"
 
 
+def bag_paths(paths: list[Path]) -> list[Path]:
+    """Bags named directly, or every bag (a directory with metadata.yaml) below a directory."""
+    found = []
+    for path in map(Path, paths):
+        if (path / "metadata.yaml").is_file():
+            found.append(path)
+        elif path.is_dir():
+            found.extend(sorted(p.parent for p in path.glob("*/metadata.yaml")))
+        else:
+            raise FileNotFoundError(f"not a rosbag2 directory or a folder of them: {path}")
+    if not found:
+        raise FileNotFoundError(f"no rosbag2 bags in {', '.join(map(str, paths))}")
+    return found
+
+
+def custom_data(path: Path) -> dict:
+    """The bag's rosbag2 ``custom_data`` (the simulator stores task, seed and outcome there)."""
+    import yaml
+
+    info = yaml.safe_load((path / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    return dict(info.get("custom_data") or {})
+
+
+def failed_demonstration(meta: dict) -> bool:
+    """A demonstrator that failed: its commands are not worth learning or retrieving.
+
+    In a DAgger bag another driver failed, and the expert's labels still are worth it.
+    """
+    return meta.get("kerv.success") == "False" and meta.get("kerv.driver", "expert") == "expert"
+
+
+def command_action(twist, gripper: float, period_s: float) -> list[float]:
+    """A recorded command as the 7-D action that would produce it.
+
+    The twist's end-effector delta over one control period (m, rad), then the gripper opening.
+    """
+    t = twist.twist
+    linear = [t.linear.x, t.linear.y, t.linear.z]
+    angular = [t.angular.x, t.angular.y, t.angular.z]
+    return [v * period_s for v in linear + angular] + [gripper]
+
+
 def _msg_file() -> Path:
     source = Path(__file__).resolve().parents[1] / "msg" / "DecodeStats.msg"
     if source.is_file():

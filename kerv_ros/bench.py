@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from kerv_ros.config import ENGINE_PARAMS, MODES, EngineConfig, config_from_params
 from kerv_ros.decoding.drafter import Drafter
-from kerv_ros.decoding.engine import DecodeEngine, StepResult
+from kerv_ros.decoding.engine import DecodeEngine, StepResult, TokenSource
 from kerv_ros.policy.backend import Observation, PolicyBackend
 
 INSTRUCTIONS = (
@@ -27,11 +27,21 @@ VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
     "spec_relaxed_r15": ("spec_relaxed", {"relaxed_threshold": 15}),
     "kerv_no_comp": ("kerv", {"kerv_compensation": False}),
     "kerv_fixed_r": ("kerv", {"kerv_dynamic_threshold": False}),
+    "heisd_no_boundary": ("heisd", {"heisd_use_boundary": False}),
+    "heisd_no_skip": ("heisd", {"heisd_verify_skip": False}),
+    "heisd_token": ("heisd", {"heisd_acceptance": "token"}),
+    "retrieval_only": (
+        "heisd",
+        {"heisd_use_boundary": False, "heisd_verify_skip": False, "heisd_acceptance": "token"},
+    ),
 }
 """Ablation rows: a name, the mode it runs and the parameters it changes from the bench's own
 configuration. With the default ``relaxed_threshold`` of 9, ``spec_relaxed`` and
 ``spec_relaxed_r15`` are the KERV paper's Spec-VLA rows (r = 9 and 15); ``kerv_no_comp`` keeps
-only the kinematic threshold, ``kerv_fixed_r`` only the compensation."""
+only the kinematic threshold, ``kerv_fixed_r`` only the compensation. ``heisd_no_boundary``
+drafts from retrieval whenever it has candidates, ``heisd_no_skip`` always verifies,
+``heisd_token`` accepts token-wise (``relaxed_threshold``) instead of sequence-wise, and
+``retrieval_only`` is all three: plain retrieval drafting (REST-like) with relaxed acceptance."""
 
 ROWS = (*MODES, *VARIANTS)
 
@@ -74,6 +84,7 @@ def run(
     progress: bool = True,
     kinematics=None,
     period_s: float = 0.1,
+    datastore=None,
 ) -> dict[str, dict[str, float]]:
     """Decode every observation in every row (mode or variant); return the per-row summary.
 
@@ -83,7 +94,9 @@ def run(
     if "ar" not in modes:
         modes = ["ar", *modes]
     engines = {
-        mode: DecodeEngine(backend, drafter, row_config(config, mode), kinematics, period_s)
+        mode: DecodeEngine(
+            backend, drafter, row_config(config, mode), kinematics, period_s, datastore
+        )
         for mode in modes
     }
     for observation in observations[:warmup]:
@@ -125,6 +138,8 @@ def summarise(results: dict[str, list[StepResult]]) -> dict[str, dict[str, float
             "compensated_step_share": float(np.mean([bool(r.compensated_dims) for r in steps])),
             "threshold_mean": float(np.mean([r.threshold for r in steps])),
             "kalman_error_vs_ar": _prediction_error(steps, ar_actions),
+            "verify_skipped_share": float(np.mean([r.verify_skipped for r in steps])),
+            "draft_source_mix": _source_mix(steps),
         }
     return summary
 
@@ -141,6 +156,15 @@ def _prediction_error(steps: list[StepResult], ar_actions: np.ndarray) -> float 
     return float(np.mean([np.abs(p[:6] - a[:6]).mean() for p, a in pairs]))
 
 
+def _source_mix(steps: list[StepResult]) -> dict[str, float]:
+    """Share of the tokens after each step's first (which the prefill gives) by source."""
+    sources = [s for r in steps for s in r.sources[1:]]
+    return {
+        source.name.lower(): float(np.mean([s == source for s in sources]))
+        for source in TokenSource
+    }
+
+
 COLUMNS = (
     ("target_forwards_per_step", "tgt fwd/step", "{:.2f}"),
     ("draft_forwards_per_step", "drf fwd/step", "{:.2f}"),
@@ -154,16 +178,20 @@ COLUMNS = (
     ("compensated_dims_per_step", "comp dims", "{:.2f}"),
     ("threshold_mean", "r mean", "{:.1f}"),
     ("kalman_error_vs_ar", "|kf-ar|", "{:.4f}"),
+    ("verify_skipped_share", "skipped", "{:.2f}"),
 )
+MIX_COLUMNS = (("drafter", "drf"), ("retrieval", "ret"), ("kalman", "kf"), ("verifier", "ver"))
+"""Draft source mix: share of each step's tokens 2..7 by who produced them."""
 
 
 def format_table(summary: dict[str, dict[str, float]]) -> str:
     """A plain-text table, one row per mode."""
-    header = ["mode", *(title for _, title, _ in COLUMNS)]
+    header = ["mode", *(title for _, title, _ in COLUMNS), *(title for _, title in MIX_COLUMNS)]
     rows = [
         [
             mode,
             *("-" if values[key] is None else fmt.format(values[key]) for key, _, fmt in COLUMNS),
+            *(f"{values['draft_source_mix'][key]:.2f}" for key, _ in MIX_COLUMNS),
         ]
         for mode, values in summary.items()
     ]

@@ -83,6 +83,11 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
         help="frames along the simulator experts' episodes (what the default model knows), or "
         "synthetic coloured blocks with random joint states",
     )
+    p.add_argument(
+        "--datastore",
+        default="",
+        help="retrieval datastore for heisd/hybrid ('' = the one beside the model)",
+    )
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per mode first")
     p.add_argument("--device", default="cpu")
     p.add_argument(
@@ -96,7 +101,7 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from kerv_ros.loading import load_policy
+    from kerv_ros.loading import load_datastore, load_policy
 
     _set_threads(args)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -115,6 +120,12 @@ def _run_bench(args: argparse.Namespace) -> int:
         unnorm_key=args.unnorm_key,
         device=args.device,
     )
+    datastore = load_datastore(args.model, args.datastore)
+    if datastore is None:
+        dropped = [m for m in modes if bench.row_config(config, m).mode == "heisd"]
+        if dropped:
+            print(f"no retrieval datastore for {args.model}: skipping {', '.join(dropped)}")
+            modes = [m for m in modes if m not in dropped]
     size = getattr(getattr(backend, "config", None), "image_size", 224)
     kinematics = None
     if args.observations == "sim":
@@ -127,7 +138,14 @@ def _run_bench(args: argparse.Namespace) -> int:
     else:
         observations = bench.synthetic_observations(args.steps, args.seed, size)
     summary = bench.run(
-        backend, drafter, config, modes, observations, args.warmup, kinematics=kinematics
+        backend,
+        drafter,
+        config,
+        modes,
+        observations,
+        args.warmup,
+        kinematics=kinematics,
+        datastore=datastore,
     )
     print(f"model: {args.model}   steps: {args.steps}   seed: {args.seed}")
     print(bench.format_table(summary))
@@ -520,6 +538,68 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _datastore_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("datastore", help="HeiSD's retrieval datastore of past action steps")
+    ds = p.add_subparsers(dest="datastore_command", required=True)
+    b = ds.add_parser(
+        "build",
+        help="build a datastore from rosbag2 recordings or demonstrations",
+        description="Read the commanded actions (twist and gripper topics) of every bag, "
+        "normalise them with the model's statistics and index each step by the steps before it.",
+    )
+    b.add_argument("bags", nargs="+", type=Path, help="bags, or folders of bags")
+    b.add_argument("-o", "--output", type=Path, required=True, help="datastore .safetensors")
+    b.add_argument(
+        "--model", default="default", help="whose normalisation statistics (default | PATH)"
+    )
+    b.add_argument("--control-rate-hz", type=float, default=10.0)
+    b.add_argument("--unnorm-key", help="dataset statistics to normalise with (OpenVLA)")
+    b.set_defaults(func=_run_datastore_build)
+    i = ds.add_parser("info", help="what a datastore holds and how fast it looks up")
+    i.add_argument("path", type=Path)
+    i.set_defaults(func=_run_datastore_info)
+
+
+def _run_datastore_build(args: argparse.Namespace) -> int:
+    import time
+
+    from kerv_ros.loading import load_policy
+    from kerv_ros.retrieval import Datastore, read_bag_episodes
+
+    start = time.perf_counter()
+    backend, _ = load_policy(args.model, unnorm_key=args.unnorm_key)
+    episodes = read_bag_episodes(args.bags, args.control_rate_hz)
+    sources = sorted({str(path) for path in args.bags})
+    datastore = Datastore.from_episodes(episodes, backend.norm_stats, sources)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    datastore.save(args.output)
+    print(
+        f"wrote {args.output}: {len(datastore)} steps from {len(episodes)} episodes, "
+        f"{args.output.stat().st_size / 1e6:.2f} MB, {time.perf_counter() - start:.1f} s"
+    )
+    return 0
+
+
+def _run_datastore_info(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+
+    from kerv_ros.retrieval import Datastore
+
+    datastore = Datastore.load(args.path)
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, len(datastore), size=200)
+    start = time.perf_counter()
+    for i in picks:
+        datastore.lookup(datastore.contexts[i], [int(datastore.bins[i, 0])])
+    lookup_ms = (time.perf_counter() - start) * 1e3 / len(picks)
+    print(f"{args.path}: {len(datastore)} steps, {int(datastore.episodes.max()) + 1} episodes")
+    print(f"sources: {', '.join(datastore.sources) or '-'}")
+    print(f"lookup: {lookup_ms:.3f} ms (mean of {len(picks)}, first bin only)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kerv", description="kerv_ros command-line tool")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -528,6 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
     _sim_parser(sub)
     _train_parser(sub)
     _eval_parser(sub)
+    _datastore_parser(sub)
     return parser
 
 

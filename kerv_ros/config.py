@@ -14,11 +14,17 @@ from dataclasses import dataclass, field, replace
 
 from kerv_ros.actions import N_BINS
 
-MODES = ("ar", "spec", "spec_relaxed", "kerv")
+MODES = ("ar", "spec", "spec_relaxed", "kerv", "heisd", "hybrid")
 """Decode modes this engine implements. ``ar`` is the greedy baseline; ``spec`` drafts with the
 EAGLE-style head and accepts exactly; ``spec_relaxed`` accepts a draft token within
 ``relaxed_threshold`` bins of the verifier's (Spec-VLA); ``kerv`` is relaxed acceptance with a
-threshold that follows the arm's motion, and Kalman-filter compensation of rejected dimensions."""
+threshold that follows the arm's motion, and Kalman-filter compensation of rejected dimensions;
+``heisd`` drafts from the retrieval datastore or the drafter by a kinematic boundary, with
+verify-skip and sequence-wise acceptance; ``hybrid`` is heisd with kerv's compensation and its
+drafter steps also offered the retrieved continuations."""
+RETRIEVAL_MODES = ("heisd", "hybrid")
+MOTION_MODES = ("kerv", "heisd", "hybrid")
+"""Modes that follow the arm's motion (the tracker of ``motion.py``)."""
 
 PANDA_ARM_JOINTS = tuple(f"panda_joint{i}" for i in range(1, 8))
 PANDA_EE_FRAME = "panda_grasptarget"
@@ -101,6 +107,52 @@ class KervConfig:
 
 
 @dataclass(frozen=True)
+class HeisdConfig:
+    """HeiSD (modes ``heisd`` and ``hybrid``): retrieval, boundary, verify-skip, acceptance.
+
+    The fused kinematic metric of a step (``boundary.py``) is
+    ``M = w_speed * |m| + w_accel * |m - m_prev| + w_innovation * sqrt(nis)
+    + w_neighbour * d_nn + w_gripper * [gripper changed within kerv_gripper_window]``
+    with the measured motion m and the filter's NIS as for kerv, and d_nn the mean context
+    distance of the retrieved neighbours (action units). ``M <= boundary``: the motion is
+    familiar and retrieval drafts; above it the drafter does.
+    """
+
+    use_boundary: bool = True
+    """Off: retrieval drafts whenever it has candidates (ablation)."""
+    boundary: float = 2.0
+    w_speed: float = 0.2
+    w_accel: float = 1.0
+    w_innovation: float = 0.1
+    w_neighbour: float = 5.0
+    w_gripper: float = 1.0
+    neighbours: int = 16
+    """Datastore entries whose continuations are merged per lookup."""
+    prefix_tolerance: int = 2
+    """Bins by which a stored step may differ from the tokens the step already has."""
+    node_budget: int = 24
+    """Draft tree size of a retrieved tree."""
+    verify_skip: bool = True
+    skip_boundary: float = 0.4
+    """Skip the verifier only where M is at most this (and below the boundary)."""
+    skip_min_count: int = 8
+    """... and at least this many neighbours were found, all continuing within
+    ``sequence_threshold`` of the most frequent continuation (unanimous up to what the
+    sequence-wise rule would accept)."""
+    max_skipped_run: int = 1
+    """Skipped steps in a row at most; the next step is verified and audits the retrieval."""
+    skip_cooldown: int = 10
+    """Steps without skipping after a verified step rejected the retrieved continuation."""
+    acceptance: str = "sequence"
+    """``sequence``: accept drafted tokens while their weighted distance to the verifier's,
+    summed along the path, is at most ``sequence_threshold`` (action units); ``token``:
+    token-wise ``|bin| <= relaxed_threshold`` (or kerv's dynamic threshold in ``hybrid``)."""
+    sequence_threshold: float = 0.1
+    sequence_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0)
+    """Per-dimension weights of the sequence-wise distance (the gripper counts double)."""
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """Everything that decides how one action step is decoded."""
 
@@ -110,12 +162,16 @@ class EngineConfig:
     """Largest accepted |draft - verifier| in bins for ``spec_relaxed``, and for ``kerv`` when its
     dynamic threshold is off (0 = exact)."""
     kerv: KervConfig = field(default_factory=KervConfig)
+    heisd: HeisdConfig = field(default_factory=HeisdConfig)
 
     def problems(self) -> list[str]:
         """Reasons this configuration cannot be used; empty when it is valid."""
         out = problems(self, ENGINE_PARAMS)
         if self.kerv.r_min > self.kerv.r_max:
             out.append(f"kerv_r_min {self.kerv.r_min} is above kerv_r_max {self.kerv.r_max}")
+        weights = self.heisd.sequence_weights
+        if len(weights) != 7 or not all(0.0 <= w <= 100.0 for w in weights):
+            out.append(f"heisd_sequence_weights must be 7 values in 0..100, got {list(weights)}")
         return out
 
     def validate(self) -> EngineConfig:
@@ -129,7 +185,7 @@ class EngineConfig:
 
         ``kerv`` with its dynamic threshold on sets its own per step instead.
         """
-        return self.relaxed_threshold if self.mode in ("spec_relaxed", "kerv") else 0
+        return self.relaxed_threshold if self.mode not in ("ar", "spec") else 0
 
     def with_mode(self, mode: str) -> EngineConfig:
         return replace(self, mode=mode).validate()
@@ -172,6 +228,8 @@ class ModelConfig:
 
     model: str = "default"
     drafter_path: str = ""
+    datastore_path: str = ""
+    """HeiSD's retrieval datastore ('' = datastore.safetensors beside the model, if any)."""
     unnorm_key: str = ""
     trust_remote_code: bool = False
     device: str = "cpu"
@@ -268,6 +326,89 @@ ENGINE_PARAMS = (
         1e-6,
         10.0,
     ),
+    Param("heisd_use_boundary", ("heisd", "use_boundary"), "heisd: choose drafts by the metric"),
+    Param(
+        "heisd_boundary",
+        ("heisd", "boundary"),
+        "heisd: metric at or below -> retrieval",
+        0.0,
+        100.0,
+    ),
+    Param("heisd_w_speed", ("heisd", "w_speed"), "heisd: weight of motion speed", 0.0, 100.0),
+    Param("heisd_w_accel", ("heisd", "w_accel"), "heisd: weight of motion change", 0.0, 100.0),
+    Param(
+        "heisd_w_innovation",
+        ("heisd", "w_innovation"),
+        "heisd: weight of the filter's innovation",
+        0.0,
+        100.0,
+    ),
+    Param(
+        "heisd_w_neighbour",
+        ("heisd", "w_neighbour"),
+        "heisd: weight of the distance to the retrieved neighbours",
+        0.0,
+        100.0,
+    ),
+    Param(
+        "heisd_w_gripper", ("heisd", "w_gripper"), "heisd: weight of a gripper change", 0.0, 100.0
+    ),
+    Param("heisd_neighbours", ("heisd", "neighbours"), "heisd: neighbours per lookup", 1, 1024),
+    Param(
+        "heisd_prefix_tolerance",
+        ("heisd", "prefix_tolerance"),
+        "heisd: bins a stored step may differ from the step's tokens",
+        0,
+        N_BINS - 1,
+    ),
+    Param("heisd_node_budget", ("heisd", "node_budget"), "heisd: retrieved tree size", 1, 256),
+    Param("heisd_verify_skip", ("heisd", "verify_skip"), "heisd: skip the verifier when familiar"),
+    Param(
+        "heisd_skip_boundary",
+        ("heisd", "skip_boundary"),
+        "heisd: metric at or below -> may skip",
+        0.0,
+        100.0,
+    ),
+    Param(
+        "heisd_skip_min_count",
+        ("heisd", "skip_min_count"),
+        "heisd: neighbours that must agree to skip",
+        1,
+        1024,
+    ),
+    Param(
+        "heisd_max_skipped_run",
+        ("heisd", "max_skipped_run"),
+        "heisd: skipped steps in a row at most",
+        1,
+        100,
+    ),
+    Param(
+        "heisd_skip_cooldown",
+        ("heisd", "skip_cooldown"),
+        "heisd: steps without skipping after a failed audit",
+        0,
+        10000,
+    ),
+    Param(
+        "heisd_acceptance",
+        ("heisd", "acceptance"),
+        "heisd: sequence | token",
+        choices=("sequence", "token"),
+    ),
+    Param(
+        "heisd_sequence_threshold",
+        ("heisd", "sequence_threshold"),
+        "heisd: largest accepted weighted distance along a path (action units)",
+        0.0,
+        100.0,
+    ),
+    Param(
+        "heisd_sequence_weights",
+        ("heisd", "sequence_weights"),
+        "heisd: per-dimension weights of the sequence distance (7 values)",
+    ),
     Param("draft_depth", ("draft", "depth"), "draft tree depth (tokens ahead)", 1, 6),
     Param("draft_top_k", ("draft", "top_k"), "nodes expanded per draft level (1 = chain)", 1, 32),
     Param("draft_node_budget", ("draft", "node_budget"), "draft tree size in nodes", 1, 256),
@@ -293,6 +434,12 @@ MODEL_PARAMS = (
         "drafter_path",
         ("drafter_path",),
         "drafter .safetensors ('' = drafter.safetensors beside the model)",
+        read_only=True,
+    ),
+    Param(
+        "datastore_path",
+        ("datastore_path",),
+        "retrieval datastore ('' = datastore.safetensors beside the model)",
         read_only=True,
     ),
     Param(

@@ -10,11 +10,13 @@ from kerv_ros.decoding.drafter import EagleConfig, EagleDrafter
 from kerv_ros.policy.backend import PolicyBackend
 from kerv_ros.policy.openvla import OpenVLABackend
 from kerv_ros.policy.vla import POLICY_FILE, DefaultVLA
+from kerv_ros.retrieval import Datastore
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
 DRAFTER_FILE = "drafter.safetensors"
+DATASTORE_FILE = "datastore.safetensors"
 
 
 def load_policy(
@@ -62,3 +64,20 @@ def _random_drafter(backend: PolicyBackend, draft: DraftConfig | None, seed: int
     torch.manual_seed(seed + 1)
     config = EagleConfig.for_target(backend.text_config)
     return EagleDrafter(config, draft or DraftConfig()).to(backend.device).eval()
+
+
+def load_datastore(name: str, path: str = "") -> Datastore | None:
+    """The retrieval datastore: ``path`` if given, else ``datastore.safetensors`` beside the model.
+
+    None when there is none: ``heisd`` then refuses to run, ``hybrid`` drafts without it.
+    """
+    if path:
+        return Datastore.load(path)
+    if name == "random":
+        return None
+    directory = DEFAULT_MODEL_DIR if name == "default" else Path(name)
+    candidate = directory / DATASTORE_FILE
+    if candidate.is_file():
+        return Datastore.load(candidate)
+    log.info("no %s in %s: no retrieval drafts", DATASTORE_FILE, directory)
+    return None

@@ -23,6 +23,7 @@ from kerv_ros.actions import ACTION_DIMS, NormStats
 from kerv_ros.config import KervConfig
 from kerv_ros.kalman import ActionKalmanFilter
 from kerv_ros.policy.backend import Observation
+from kerv_ros.retrieval import REST_ACTION
 
 MOTION_DIMS = slice(0, 6)
 GRIPPER = 6
@@ -41,6 +42,10 @@ class MotionPrior:
     std: np.ndarray
     nis: float
     """Mean normalised innovation squared of the last measurements (motion dims; NaN if none)."""
+    speed: float
+    """|m|: size of the measured motion (6 motion dims, action units)."""
+    accel: float
+    """|m - m_prev|: its change since the previous step."""
     variability: float
     gripper_event: bool
     threshold: int
@@ -68,9 +73,12 @@ class MotionTracker:
 
             self.estimator = TwistEstimator(kinematics)
         self.filter = ActionKalmanFilter(config.kalman, ACTION_DIMS)
+        self.trajectory = -1
+        """Counts trajectories: per-trajectory state kept elsewhere starts over when it moves."""
         self._reset_history()
 
     def _reset_history(self) -> None:
+        self.trajectory += 1
         self.filter.reset()
         if self.estimator is not None:
             self.estimator.reset()
@@ -81,6 +89,7 @@ class MotionTracker:
         self._since_gripper_change = 10**9
         self._nis: list[np.ndarray] = []
         self.steps_since_compensation = 10**9
+        self._executed: list[np.ndarray] = []
 
     def configure(self, config: KervConfig) -> None:
         """Adopt new thresholds and weights; a new motion model restarts the filter."""
@@ -127,7 +136,10 @@ class MotionTracker:
         self._nis = []
         speed = accel = 0.0
         if measured is not None:
-            speed = float(np.linalg.norm(measured[MOTION_DIMS]))
+            # Measured from standing still: with asymmetric statistics (or a dimension that never
+            # moved in the data) a motionless arm is not at 0 in normalised units.
+            still = self.norm_stats.normalize(REST_ACTION)[MOTION_DIMS]
+            speed = float(np.linalg.norm(measured[MOTION_DIMS] - still))
             if self._last_motion is not None:
                 accel = float(np.linalg.norm(measured[MOTION_DIMS] - self._last_motion))
             self._last_motion = measured[MOTION_DIMS].copy()
@@ -148,6 +160,8 @@ class MotionTracker:
             mean=self.filter.mean,
             std=self.filter.std,
             nis=nis,
+            speed=speed,
+            accel=accel,
             variability=float(variability),
             gripper_event=gripper_event,
             threshold=threshold,
@@ -186,3 +200,13 @@ class MotionTracker:
             self._since_gripper_change += 1
         self._last_gripper = gripper
         self.steps_since_compensation = 0 if compensated else self.steps_since_compensation + 1
+        self._executed = [*self._executed[-1:], action]
+
+    def previous_actions(self) -> tuple[np.ndarray, np.ndarray]:
+        """The last two executed actions of this trajectory (normalised), newest first.
+
+        Before the trajectory's first steps: an arm at rest with the gripper open.
+        """
+        rest = self.norm_stats.normalize(REST_ACTION)
+        padded = [rest, rest, *self._executed]
+        return padded[-1], padded[-2]

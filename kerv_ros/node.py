@@ -28,6 +28,7 @@ clock being synchronised.
 
 from __future__ import annotations
 
+import array
 import signal
 import threading
 import time
@@ -128,6 +129,11 @@ def _ros_value(value: object) -> object:
     return list(value) if isinstance(value, tuple) else value
 
 
+def _from_ros(value: object) -> object:
+    """Array parameters (lists, or array.array for doubles) as the configs' tuples."""
+    return tuple(value) if isinstance(value, (list, array.array)) else value
+
+
 class KervNode(Node):
     """Lifecycle node: camera + joint states + instruction in, twist + gripper + stats out."""
 
@@ -192,7 +198,7 @@ class KervNode(Node):
         out = {}
         for param in params:
             value = self.get_parameter(param.name).value
-            out[param.name] = tuple(value) if isinstance(value, list) else value
+            out[param.name] = _from_ros(value)
         return out
 
     def _configs_from_parameters(self) -> tuple[EngineConfig, ControlConfig]:
@@ -205,8 +211,7 @@ class KervNode(Node):
         control_names = {p.name for p in CONTROL_PARAMS}
         engine, control = {}, {}
         for parameter in parameters:
-            value = parameter.value
-            value = tuple(value) if isinstance(value, list) else value
+            value = _from_ros(parameter.value)
             if parameter.name in engine_names:
                 engine[parameter.name] = value
             elif parameter.name in control_names:
@@ -277,7 +282,7 @@ class KervNode(Node):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         from kerv_ros.decoding.drafter import EagleDrafter
-        from kerv_ros.loading import load_policy
+        from kerv_ros.loading import load_datastore, load_policy
 
         model = config_from_params(ModelConfig(), MODEL_PARAMS, self._values(MODEL_PARAMS))
         try:
@@ -301,6 +306,7 @@ class KervNode(Node):
                 self._engine_config,
                 self._load_kinematics(),
                 self._control.period_s,
+                load_datastore(model.model, model.datastore_path),
             )
             # One step on a blank image: lazy initialisation (allocator, kernels) happens here,
             # not in the first command the arm receives.
@@ -313,8 +319,10 @@ class KervNode(Node):
             self._set_error(reason, DiagnosticStatus.ERROR)
             return TransitionCallbackReturn.FAILURE
         self._normalised_gripper = not bool(np.asarray(backend.norm_stats.mask)[6])
+        store = self._engine.datastore
         self.get_logger().info(
-            f"configured: model {model.model!r}, mode {self._engine_config.mode}"
+            f"configured: model {model.model!r}, mode {self._engine_config.mode}, "
+            f"datastore {f'{len(store)} steps' if store is not None else 'none'}"
         )
         self._set_error("", DiagnosticStatus.OK)
         return TransitionCallbackReturn.SUCCESS

@@ -53,21 +53,6 @@ class Demonstrations:
         return len(self.instructions)
 
 
-def bag_paths(paths: list[Path]) -> list[Path]:
-    """Bags named directly, or every bag (a directory with metadata.yaml) below a directory."""
-    found = []
-    for path in paths:
-        if (path / "metadata.yaml").is_file():
-            found.append(path)
-        elif path.is_dir():
-            found.extend(sorted(p.parent for p in path.glob("*/metadata.yaml")))
-        else:
-            raise FileNotFoundError(f"not a rosbag2 directory or a folder of them: {path}")
-    if not found:
-        raise FileNotFoundError(f"no rosbag2 bags in {', '.join(map(str, paths))}")
-    return found
-
-
 def _latest(stamps: list[int], t: int) -> int | None:
     """Index of the last stamp <= t (stamps sorted), or None."""
     index = int(np.searchsorted(np.asarray(stamps), t, side="right")) - 1
@@ -85,11 +70,9 @@ def load_demonstrations(
     store = bags.typestore()
     period = 1.0 / control_rate_hz
     images, states, instructions, actions, episodes, metadata = [], [], [], [], [], []
-    for path in tqdm(bag_paths(paths), desc="read bags", disable=not progress):
-        meta = _custom_data(path)
-        # A failed demonstrator's commands are not worth imitating; in a DAgger bag another
-        # driver failed and the expert's labels still are.
-        if meta.get("kerv.success") == "False" and meta.get("kerv.driver", "expert") == "expert":
+    for path in tqdm(bags.bag_paths(paths), desc="read bags", disable=not progress):
+        meta = bags.custom_data(path)
+        if bags.failed_demonstration(meta):
             log.info("%s: skipped, the demonstrator failed (kerv.success False)", path)
             continue
         streams: dict[str, list] = {}
@@ -122,18 +105,7 @@ def load_demonstrations(
             states.append([joints.position[index[name]] for name in joint_names])
             images.append(rgb)
             instructions.append(streams[bags.INSTRUCTION_TOPIC][k][1].data)
-            t = twist.twist
-            actions.append(
-                [
-                    t.linear.x * period,
-                    t.linear.y * period,
-                    t.linear.z * period,
-                    t.angular.x * period,
-                    t.angular.y * period,
-                    t.angular.z * period,
-                    gripper,
-                ]
-            )
+            actions.append(bags.command_action(twist, gripper, period))
             episodes.append(episode)
     if not images:
         raise ValueError("no command-aligned samples in the bags")
@@ -145,14 +117,6 @@ def load_demonstrations(
         np.asarray(episodes),
         metadata,
     )
-
-
-def _custom_data(path: Path) -> dict:
-    """The bag's rosbag2 ``custom_data`` (the simulator stores task and seed there)."""
-    import yaml
-
-    info = yaml.safe_load((path / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
-    return dict(info.get("custom_data") or {})
 
 
 def dataset_statistics(actions: np.ndarray) -> NormStats:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import random
 
-from kerv_ros.decoding.tree import DraftTree
+from kerv_ros.decoding.tree import DraftTree, TokenSource
 
 
 class _Session:
+    source = TokenSource.DRAFTER
+
     def __init__(self, drafter, truth):
         self.drafter = drafter
         self.truth = truth

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from kerv_cli import run_kerv
 
 FIELDS = {
@@ -18,6 +19,8 @@ FIELDS = {
     "compensated_step_share",
     "threshold_mean",
     "kalman_error_vs_ar",
+    "verify_skipped_share",
+    "draft_source_mix",
 }
 
 
@@ -76,3 +79,45 @@ def test_bench_refuses_bad_flags_before_loading():
     proc = run_kerv("bench", "--threads", "-1", timeout=120)
     assert proc.returncode == 2
     assert "--threads must be >= 0" in proc.stderr
+
+
+def test_datastore_build_info_and_heisd_rows(tmp_path):
+    from kerv_ros.sim.collect import collect
+
+    collect(["reach"], 2, 7, tmp_path / "bags", image_size=32, progress=False)
+    store = tmp_path / "store.safetensors"
+    proc = run_kerv(
+        "datastore", "build", str(tmp_path / "bags"), "-o", str(store), "--model", "random"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "steps from 2 episodes" in proc.stdout
+    proc = run_kerv("datastore", "info", str(store))
+    assert proc.returncode == 0, proc.stderr
+    assert "lookup:" in proc.stdout
+    out = tmp_path / "bench.json"
+    rows = "ar,heisd,hybrid,heisd_no_boundary,heisd_no_skip,heisd_token,retrieval_only"
+    proc = run_kerv(
+        "bench",
+        "--model",
+        "random",
+        "--steps",
+        "3",
+        "--warmup",
+        "0",
+        "--modes",
+        rows,
+        "--datastore",
+        str(store),
+        "--json",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())["modes"]
+    assert set(data) == set(rows.split(","))
+    for values in data.values():
+        assert set(values) >= FIELDS
+        assert sum(values["draft_source_mix"].values()) == pytest.approx(1.0)
+    assert data["heisd_no_skip"]["verify_skipped_share"] == 0.0
+    proc = run_kerv("bench", "--model", "random", "--steps", "1", "--modes", "ar,heisd")
+    assert proc.returncode == 0, proc.stderr
+    assert "no retrieval datastore for random: skipping heisd" in proc.stdout

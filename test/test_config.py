@@ -78,7 +78,7 @@ def test_engine_refuses_speculation_without_drafter_and_keeps_old_config():
 
 
 def test_modes_are_the_documented_ones():
-    assert MODES == ("ar", "spec", "spec_relaxed", "kerv")
+    assert MODES == ("ar", "spec", "spec_relaxed", "kerv", "heisd", "hybrid")
 
 
 def test_yaml_repeats_the_dataclass_defaults():
@@ -92,6 +92,7 @@ def test_yaml_repeats_the_dataclass_defaults():
         **params_of(ModelConfig(), MODEL_PARAMS),
     }
     expected["joint_names"] = list(expected["joint_names"])
+    expected["heisd_sequence_weights"] = list(expected["heisd_sequence_weights"])
     assert {k: v for k, v in params.items() if k in expected} == expected
 
 

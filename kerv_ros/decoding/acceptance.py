@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kerv_ros.actions import N_BINS
 from kerv_ros.decoding.tree import children_of
 
 
@@ -23,6 +24,9 @@ class TokenAcceptance:
         """Bin distance if the draft token is acceptable, else None."""
         distance = abs(draft - target)
         return distance if distance <= self.threshold else None
+
+    def walk(self, tokens: list[int], parents: list[int], greedy: list[int]) -> Walk:
+        return walk_tree(tokens, parents, greedy, self)
 
 
 @dataclass(frozen=True)
@@ -62,3 +66,52 @@ def walk_tree(
         node = best[1]
         path.append(node)
         accepted.append(tokens[node])
+
+
+BIN_WIDTH = 2.0 / (N_BINS - 1)
+"""One bin in normalised action units (256 edges over [-1, 1])."""
+
+
+@dataclass(frozen=True)
+class SequenceAcceptance:
+    """Sequence-wise rule (HeiSD): accept a drafted path as a whole.
+
+    The path is accepted while its weighted distance to the verifier's tokens, summed along
+    the path in action units, is at most ``threshold``. Token-wise acceptance judges each token
+    alone with one bin threshold for every dimension; summing over the path judges the drafted
+    motion as a whole (many small misses cost as much as one large one), and per-dimension
+    ``weights`` say which dimensions matter (the gripper most). ``start`` is the action
+    dimension of the tree's first draft level. Threshold 0 accepts only exact tokens.
+    """
+
+    threshold: float
+    weights: tuple[float, ...]
+    start: int
+
+    def walk(self, tokens: list[int], parents: list[int], greedy: list[int]) -> Walk:
+        """The deepest node whose path stays within the threshold, and the correction after it.
+
+        Ties go to the closer path, then to the drafter's order.
+        """
+        distance = [0.0] * len(tokens)
+        depth = [0] * len(tokens)
+        best = 0
+        for node in range(1, len(tokens)):
+            parent = parents[node]
+            if parent < 0 or distance[parent] > self.threshold:
+                distance[node] = float("inf")
+                continue
+            depth[node] = depth[parent] + 1
+            dim = min(self.start + depth[node] - 1, len(self.weights) - 1)
+            gap = abs(tokens[node] - greedy[parent]) * BIN_WIDTH * self.weights[dim]
+            distance[node] = distance[parent] + gap
+            if distance[node] <= self.threshold and (
+                depth[node] > depth[best]
+                or (depth[node] == depth[best] and distance[node] < distance[best])
+            ):
+                best = node
+        path = [best]
+        while path[-1] != 0:
+            path.append(parents[path[-1]])
+        path.reverse()
+        return Walk(path=path, accepted=[tokens[n] for n in path[1:]], correction=greedy[best])

@@ -25,7 +25,7 @@ from transformers import LlamaConfig, LlamaModel
 from transformers.cache_utils import DynamicCache
 
 from kerv_ros.config import DraftConfig
-from kerv_ros.decoding.tree import DraftTree
+from kerv_ros.decoding.tree import DraftTree, TokenSource
 from kerv_ros.policy import kv_cache
 from kerv_ros.policy.backend import PolicyBackend, PrefillState, tree_attention
 
@@ -37,6 +37,8 @@ class DraftSession(Protocol):
 
     forwards: int
     """Drafter forward passes run so far in this step."""
+    source: TokenSource
+    """Who the drafted tokens are credited to (a tree may override per node)."""
 
     def draft(self, tokens: list[int], max_depth: int) -> DraftTree:
         """Draft continuations of ``tokens`` (the step's tokens so far; the last is the root)."""
@@ -163,6 +165,8 @@ class _Candidate:
 
 class EagleSession:
     """Drafting state of one step: the drafter's committed cache and the pairs not yet fed."""
+
+    source = TokenSource.DRAFTER
 
     def __init__(self, drafter: EagleDrafter, backend: PolicyBackend, state: PrefillState) -> None:
         self.drafter = drafter

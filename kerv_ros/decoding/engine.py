@@ -3,11 +3,19 @@
 Read :meth:`DecodeEngine.step` top to bottom: prefill the observation (the target's first token
 comes free with it), then either decode greedily one token per target forward (``ar``) or loop
 draft -> one tree-verify forward -> walk the tree with the acceptance rule -> commit the path
-(``spec``, ``spec_relaxed``, ``kerv``) until the step has its 7 tokens. ``kerv`` first asks the
-motion tracker for the filter's prediction and the step's kinematic threshold, and when a verify
-rejects a draft it may finish the step from the prediction instead of another target pass
-(compensation). Every mode is counted the same way (DESIGN.md 2, Counting) so that ratios against
-``ar`` are fair.
+(every other mode) until the step has its 7 tokens. The modes differ in three places only:
+
+- the **draft source**: the EAGLE drafter; for ``heisd``/``hybrid`` the retrieval datastore
+  where the kinematic fused metric says the motion is familiar (``hybrid`` also offers the
+  retrieved continuations inside the drafter's tree);
+- the **acceptance rule**: exact, token-wise within r bins (fixed, or kerv's kinematic r), or
+  sequence-wise (HeiSD);
+- what ends a step early: kerv's Kalman **compensation** of the dimensions left after a
+  rejection (``kerv``, ``hybrid``), and HeiSD's **verify-skip** of a unanimous retrieved
+  continuation (``heisd``, ``hybrid``).
+
+Every mode is counted the same way (DESIGN.md 2, Counting) so that ratios against ``ar`` are
+fair.
 """
 
 from __future__ import annotations
@@ -15,26 +23,19 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from enum import IntEnum
 
 import numpy as np
 import torch
 
 from kerv_ros.actions import ACTION_DIMS
-from kerv_ros.config import EngineConfig
-from kerv_ros.decoding.acceptance import TokenAcceptance, walk_tree
-from kerv_ros.decoding.drafter import Drafter
+from kerv_ros.boundary import fused_metric
+from kerv_ros.config import MOTION_MODES, RETRIEVAL_MODES, EngineConfig
+from kerv_ros.decoding.acceptance import SequenceAcceptance, TokenAcceptance
+from kerv_ros.decoding.drafter import Drafter, DraftSession
+from kerv_ros.decoding.tree import DraftTree, TokenSource
 from kerv_ros.motion import MotionPrior, MotionTracker
 from kerv_ros.policy.backend import Observation, PolicyBackend
-
-
-class TokenSource(IntEnum):
-    """Who produced a token; the values are those of ``msg/DecodeStats.msg``."""
-
-    VERIFIER = 0
-    DRAFTER = 1
-    RETRIEVAL = 2
-    KALMAN = 3
+from kerv_ros.retrieval import Candidates, Datastore, context_of
 
 
 @dataclass
@@ -72,6 +73,8 @@ class StepResult:
     """Where ``kerv``'s motion measurement came from (see :class:`MotionPrior`)."""
     predicted_action: np.ndarray | None = None
     """``kerv``: the filter's prediction of this step's action (normalised), for evaluation."""
+    metric: float | None = None
+    """``heisd``/``hybrid``: the kinematic fused metric of the step (``boundary.py``)."""
     verify_skipped: bool = False
     timings: StepTimings = field(default_factory=StepTimings)
 
@@ -111,13 +114,103 @@ class _PhaseClock:
         return t
 
 
+class _RetrievalSession:
+    """Drafts from the datastore: the continuations of the step's tokens so far, as a trie."""
+
+    source = TokenSource.RETRIEVAL
+
+    def __init__(self, engine: DecodeEngine, context: np.ndarray, first: Candidates) -> None:
+        self.engine = engine
+        self.context = context
+        self.first = first
+        self.forwards = 0  # not a model: no forwards to count
+        self.metric = float("inf")
+
+    def draft(self, tokens: list[int], max_depth: int) -> DraftTree:
+        heisd = self.engine.config.heisd
+        if len(tokens) == 1:
+            candidates = self.first
+        else:
+            candidates = self.engine.datastore.lookup(
+                self.context,
+                self.engine.bins_of(tokens),
+                heisd.neighbours,
+                heisd.prefix_tolerance,
+            )
+        vocab = self.engine.backend.action_tokenizer.vocab_size
+        return candidates.tree(len(tokens), heisd.node_budget, vocab)
+
+    def advance(self, path_hidden: torch.Tensor, accepted: list[int]) -> None:
+        """Nothing to carry: each draft is a fresh lookup."""
+
+
+class _MergedSession:
+    """``hybrid``'s drafter steps: the drafter's tree with the retrieved trie beside it."""
+
+    source = TokenSource.DRAFTER
+
+    def __init__(self, drafter: DraftSession, retrieval: _RetrievalSession) -> None:
+        self.drafter = drafter
+        self.retrieval = retrieval
+
+    @property
+    def forwards(self) -> int:
+        return self.drafter.forwards
+
+    def draft(self, tokens: list[int], max_depth: int) -> DraftTree:
+        return merge_trees(
+            self.drafter.draft(tokens, max_depth),
+            self.retrieval.draft(tokens, max_depth),
+        )
+
+    def advance(self, path_hidden: torch.Tensor, accepted: list[int]) -> None:
+        self.drafter.advance(path_hidden, accepted)
+
+
+def merge_trees(drafted: DraftTree, retrieved: DraftTree) -> DraftTree:
+    """One tree with both: the drafter's nodes, then retrieved nodes it does not already have.
+
+    Per-node sources say who proposed each token (a token both proposed counts as drafted).
+    """
+    tokens, parents = list(drafted.tokens), list(drafted.parents)
+    scores = list(drafted.scores)
+    sources = [int(TokenSource.DRAFTER)] * len(tokens)
+    index = {(p, t): i for i, (p, t) in enumerate(zip(parents, tokens, strict=True))}
+    placed: list[int] = []
+    for token, parent, score in zip(
+        retrieved.tokens, retrieved.parents, retrieved.scores, strict=True
+    ):
+        merged_parent = placed[parent] if parent >= 0 else -1
+        key = (merged_parent, token)
+        if key not in index:
+            index[key] = len(tokens)
+            tokens.append(token)
+            parents.append(merged_parent)
+            scores.append(score)
+            sources.append(int(TokenSource.RETRIEVAL))
+        placed.append(index[key])
+    return DraftTree(tokens=tokens, parents=parents, scores=scores, sources=sources)
+
+
+@dataclass
+class _SkipState:
+    """Verify-skip bookkeeping across steps of one trajectory."""
+
+    run: int = 0  # skipped steps in a row
+    cooldown: int = 0  # steps left without skipping
+    audit: bool = False  # the next verified step checks the retrieval that was skipped on
+    trajectory: int = -1
+
+
 class DecodeEngine:
     """Decodes one 7-token action step per call in the configured mode.
 
     ``config`` may be replaced between steps (:meth:`configure`); a step always runs with the
     configuration it started with. ``kinematics`` (an
-    :class:`kerv_ros.kinematics.ArmKinematics`) lets ``kerv`` seed its filter from the measured
-    joint motion, and ``period_s`` is the control period the actions are deltas over.
+    :class:`kerv_ros.kinematics.ArmKinematics`) lets the motion modes seed their filter from
+    the measured joint motion, and ``period_s`` is the control period the actions are deltas
+    over. ``datastore`` feeds ``heisd`` (required) and ``hybrid`` (optional: without one it
+    drafts with the drafter alone).
     """
 
     def __init__(
@@ -127,11 +220,16 @@ class DecodeEngine:
         config: EngineConfig,
         kinematics=None,
         period_s: float = 0.1,
+        datastore: Datastore | None = None,
     ) -> None:
         self.backend = backend
         self.drafter = drafter
+        if datastore is not None:
+            datastore.check_compatible(backend.norm_stats)
+        self.datastore = datastore
         self.config = EngineConfig()
         self.motion = MotionTracker(config.kerv, backend.norm_stats, period_s, kinematics)
+        self.skips = _SkipState()
         self.configure(config)
 
     def set_kinematics(self, kinematics, period_s: float) -> None:
@@ -146,17 +244,23 @@ class DecodeEngine:
         config.validate()
         if config.mode != "ar" and self.drafter is None:
             raise ValueError(f"mode {config.mode!r} needs a drafter and none is loaded")
+        if config.mode == "heisd" and self.datastore is None:
+            raise ValueError("mode 'heisd' needs a retrieval datastore and none is loaded")
         self.motion.configure(config.kerv)
         self.config = config
+
+    def bins_of(self, tokens: list[int]) -> list[int]:
+        """Action token ids -> bins 0..255, the datastore's alphabet."""
+        return [self.backend.action_tokenizer.vocab_size - 1 - t for t in tokens]
 
     def step(self, observation: Observation) -> StepResult:
         config = self.config
         clock = _PhaseClock(self.backend.device)
         prior = None
         threshold = config.threshold
-        if config.mode == "kerv":
+        if config.mode in MOTION_MODES:
             prior = self.motion.begin(observation)
-            if config.kerv.dynamic_threshold:
+            if config.mode in ("kerv", "hybrid") and config.kerv.dynamic_threshold:
                 threshold = prior.threshold
         with clock.phase("prefill"):
             state = self.backend.prefill(observation)
@@ -174,7 +278,9 @@ class DecodeEngine:
         if config.mode == "ar":
             self._decode_greedy(state, result, clock)
         else:
-            self._decode_speculative(state, result, clock, TokenAcceptance(threshold), prior)
+            session = self._draft_session(state, result, prior, clock)
+            if session is not None:
+                self._decode_speculative(state, result, clock, session, threshold, prior)
         result.action = self.backend.action_tokenizer.decode(np.array(result.tokens))
         result.raw_action = self.backend.norm_stats.unnormalize(result.action)
         if prior is not None:
@@ -193,22 +299,83 @@ class DecodeEngine:
             result.target_forwards += 1
             result.accepted_lengths.append(1)
 
+    def _draft_session(
+        self, state, result: StepResult, prior: MotionPrior | None, clock: _PhaseClock
+    ):
+        """Who drafts this step; None when HeiSD's verify-skip already completed it."""
+        config = self.config
+        retrieval = None
+        if config.mode in RETRIEVAL_MODES and self.datastore is not None:
+            with clock.phase("draft"):
+                retrieval = self._retrieve(result, prior)
+            if retrieval is None:
+                return None
+            result.metric = retrieval.metric
+            familiar = not config.heisd.use_boundary or retrieval.metric <= config.heisd.boundary
+            if familiar and len(retrieval.first):
+                return retrieval
+        with clock.phase("draft"):
+            session = self.drafter.start(self.backend, state)
+        if config.mode == "hybrid" and retrieval is not None:
+            return _MergedSession(session, retrieval)
+        return session
+
+    def _retrieve(self, result: StepResult, prior: MotionPrior) -> _RetrievalSession | None:
+        """Look the step up; complete it here (verify-skip) when HeiSD's rule allows."""
+        heisd = self.config.heisd
+        skips = self.skips
+        if skips.trajectory != self.motion.trajectory:
+            self.skips = skips = _SkipState(trajectory=self.motion.trajectory)
+        context = context_of(*self.motion.previous_actions())
+        first = self.datastore.lookup(
+            context, self.bins_of(result.tokens), heisd.neighbours, heisd.prefix_tolerance
+        )
+        session = _RetrievalSession(self, context, first)
+        session.metric = fused_metric(prior, first.distance, heisd)
+        if (
+            heisd.verify_skip
+            and len(first)
+            and session.metric <= min(heisd.skip_boundary, heisd.boundary)
+            and first.counts.sum() >= heisd.skip_min_count
+            and first.agreement(1, heisd.sequence_weights, heisd.sequence_threshold) == 1.0
+            and skips.run < heisd.max_skipped_run
+            and skips.cooldown == 0
+        ):
+            vocab = self.backend.action_tokenizer.vocab_size
+            result.tokens += [vocab - 1 - int(b) for b in first.steps[0][1:]]
+            result.sources += [TokenSource.RETRIEVAL] * (ACTION_DIMS - 1)
+            result.accepted_lengths.append(ACTION_DIMS - 1)
+            result.verify_skipped = True
+            skips.run += 1
+            skips.audit = True
+            return None
+        skips.run = 0
+        skips.cooldown = max(0, skips.cooldown - 1)
+        return session
+
+    def _acceptance(self, threshold: float, start: int):
+        heisd = self.config.heisd
+        if self.config.mode in RETRIEVAL_MODES and heisd.acceptance == "sequence":
+            return SequenceAcceptance(heisd.sequence_threshold, heisd.sequence_weights, start)
+        return TokenAcceptance(int(threshold))
+
     def _decode_speculative(
         self,
         state,
         result: StepResult,
         clock: _PhaseClock,
-        rule: TokenAcceptance,
+        session: DraftSession,
+        threshold: float,
         prior: MotionPrior | None,
     ) -> None:
         """Draft a tree, verify it in one forward, keep the accepted path, repeat.
 
-        With a motion prior (``kerv``), a rejection may end the step: the verifier's correction
-        stands, and the dimensions after it come from the filter's prediction when the tracker
-        judges it confident (:meth:`MotionTracker.may_compensate`).
+        In ``kerv`` and ``hybrid``, a verify that leaves the step short may end it: the
+        verifier's correction stands, and the dimensions after it come from the Kalman filter's
+        prediction when the tracker judges it confident (:meth:`MotionTracker.may_compensate`).
         """
-        with clock.phase("draft"):
-            session = self.drafter.start(self.backend, state)
+        compensate = self.config.mode in ("kerv", "hybrid") and prior is not None
+        first_verify = True
         while len(result.tokens) < ACTION_DIMS:
             before = len(result.tokens)
             remaining = ACTION_DIMS - before
@@ -218,12 +385,18 @@ class DecodeEngine:
                 tokens, parents = tree.with_root(result.tokens[-1])
                 out = self.backend.forward_tree(state, tokens, parents)
                 greedy = self.backend.action_logits_to_tokens(out.action_logits)
-                walk = walk_tree(tokens, parents, greedy, rule)
+                walk = self._acceptance(threshold, before).walk(tokens, parents, greedy)
                 self.backend.keep_path(state, walk.path)
             result.target_forwards += 1
             gained = walk.accepted[:remaining]
             result.tokens += gained
-            result.sources += [TokenSource.DRAFTER] * len(gained)
+            result.sources += [
+                TokenSource(tree.sources[node - 1]) if tree.sources else session.source
+                for node in walk.path[1 : 1 + len(gained)]
+            ]
+            if first_verify and self.skips.audit:
+                self._audit(session, len(gained) == remaining)
+            first_verify = False
             if len(result.tokens) < ACTION_DIMS:
                 result.tokens.append(walk.correction)
                 result.sources.append(TokenSource.VERIFIER)
@@ -231,7 +404,7 @@ class DecodeEngine:
             if len(result.tokens) == ACTION_DIMS:
                 break
             rest = list(range(len(result.tokens), ACTION_DIMS))
-            if prior is not None and self.motion.may_compensate(prior, rest):
+            if compensate and self.motion.may_compensate(prior, rest):
                 tokenizer = self.backend.action_tokenizer
                 result.tokens += tokenizer.encode(prior.mean[rest]).tolist()
                 result.sources += [TokenSource.KALMAN] * len(rest)
@@ -239,3 +412,13 @@ class DecodeEngine:
                 break
             session.advance(out.hidden[walk.path], walk.accepted)
         result.draft_forwards = session.forwards
+
+    def _audit(self, session: DraftSession, retrieval_held: bool) -> None:
+        """The first verified step after skipped ones checks the retrieval skipped on.
+
+        It holds when retrieval drafted again and the verifier took the whole continuation;
+        otherwise skipping pauses for ``heisd_skip_cooldown`` steps.
+        """
+        self.skips.audit = False
+        if not (isinstance(session, _RetrievalSession) and retrieval_held):
+            self.skips.cooldown = self.config.heisd.skip_cooldown

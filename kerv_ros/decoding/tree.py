@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
+
+
+class TokenSource(IntEnum):
+    """Who produced a token; the values are those of ``msg/DecodeStats.msg``."""
+
+    VERIFIER = 0
+    DRAFTER = 1
+    RETRIEVAL = 2
+    KALMAN = 3
 
 
 @dataclass(frozen=True)
@@ -16,6 +26,8 @@ class DraftTree:
     tokens: list[int]
     parents: list[int]
     scores: list[float]
+    sources: list[int] | None = None
+    """Per-node :class:`TokenSource` where a tree mixes sources; None: the session's own."""
 
     def __len__(self) -> int:
         return len(self.tokens)

@@ -1,0 +1,156 @@
+"""Modes ``heisd`` and ``hybrid``: retrieval drafts, the boundary, verify-skip, exactness."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from drafters import ScriptedDrafter
+from models import SMALL
+
+from kerv_ros.bench import synthetic_observations
+from kerv_ros.config import EngineConfig, HeisdConfig, KervConfig
+from kerv_ros.decoding.drafter import EagleConfig, EagleDrafter
+from kerv_ros.decoding.engine import DecodeEngine, TokenSource
+from kerv_ros.policy.vla import DefaultVLA, VLAConfig
+from kerv_ros.retrieval import Datastore
+
+CALM = HeisdConfig(w_speed=0.0, w_accel=0.0, w_innovation=0.0, w_neighbour=0.0, w_gripper=0.0)
+"""A metric of 0 everywhere: every step counts as familiar motion (the boundary is tested
+on its own below)."""
+EXACT_KERV = KervConfig(dynamic_threshold=False, compensation=False)
+
+
+@pytest.fixture(scope="module", params=[("small", 0), ("small", 1), ("default", 2)])
+def model(request):
+    size, seed = request.param
+    backend = DefaultVLA.random(SMALL if size == "small" else VLAConfig(), seed=seed)
+    observations = synthetic_observations(3, seed=20 + seed, size=backend.config.image_size)
+    ar = DecodeEngine(backend, None, EngineConfig(mode="ar"))
+    results = [ar.step(o) for o in observations]
+    return backend, observations, [r.tokens for r in results], [r.action for r in results]
+
+
+def _raw(backend, action):
+    return backend.norm_stats.unnormalize(action)
+
+
+def _oracle_store(backend, actions, repeats=10, copies=1, noise_bins=0, seed=0):
+    """Episodes that repeat each ``ar`` action (optionally a few bins off, to mislead)."""
+    rng = np.random.default_rng(seed)
+    episodes = []
+    for action in actions:
+        for _ in range(copies):
+            shift = rng.integers(-noise_bins, noise_bins + 1, size=7) * (2.0 / 255)
+            episodes.append(np.array([_raw(backend, np.clip(action + shift, -1, 1))] * repeats))
+    return Datastore.from_episodes(episodes, backend.norm_stats)
+
+
+@pytest.mark.parametrize("mode", ["heisd", "hybrid"])
+@pytest.mark.parametrize("acceptance", ["sequence", "token"])
+@pytest.mark.parametrize("use_boundary", [True, False])
+def test_thresholds_zero_no_skip_no_compensation_is_ar(model, mode, acceptance, use_boundary):
+    backend, observations, ar_tokens, ar_actions = model
+    store = _oracle_store(backend, ar_actions, copies=3, noise_bins=3)
+    heisd = replace(
+        CALM,
+        use_boundary=use_boundary,
+        boundary=0.0 if use_boundary else 2.0,
+        verify_skip=False,
+        acceptance=acceptance,
+        sequence_threshold=0.0,
+    )
+    config = EngineConfig(mode=mode, relaxed_threshold=0, kerv=EXACT_KERV, heisd=heisd)
+    drafter = EagleDrafter(EagleConfig.for_target(backend.text_config)).eval()
+    engine = DecodeEngine(backend, drafter, config, datastore=store)
+    sources = set()
+    for _ in range(3):  # the context moves on with each executed step
+        for observation, expected in zip(observations, ar_tokens, strict=True):
+            result = engine.step(observation)
+            assert result.tokens == expected
+            sources |= set(result.sources)
+    assert TokenSource.RETRIEVAL in sources  # retrieval did draft (and was checked)
+
+
+def test_exact_retrieval_needs_one_verify(model):
+    backend, observations, ar_tokens, ar_actions = model
+    store = _oracle_store(backend, ar_actions[:1])
+    config = EngineConfig(mode="heisd", heisd=replace(CALM, verify_skip=False))
+    engine = DecodeEngine(
+        backend, ScriptedDrafter("adversarial", lambda: ar_tokens[0]), config, datastore=store
+    )
+    result = engine.step(observations[0])
+    assert result.tokens == ar_tokens[0]
+    assert result.target_forwards == 2 and result.draft_forwards == 0
+    assert result.sources == [TokenSource.VERIFIER] + [TokenSource.RETRIEVAL] * 6
+
+
+def test_verify_skip_takes_a_unanimous_familiar_step_without_the_verifier(model):
+    backend, observations, ar_tokens, ar_actions = model
+    store = _oracle_store(backend, ar_actions[:1], copies=10)
+    config = EngineConfig(mode="heisd", heisd=replace(CALM, max_skipped_run=1))
+    drafter = ScriptedDrafter("adversarial", lambda: ar_tokens[0])
+    engine = DecodeEngine(backend, drafter, config, datastore=store)
+    results = [engine.step(observations[0]) for _ in range(5)]
+    # Skipped, verified (the audit: retrieval held), skipped, ...: never two in a row.
+    assert [r.verify_skipped for r in results] == [True, False, True, False, True]
+    for r in results:
+        assert r.tokens == ar_tokens[0]
+        assert r.target_forwards == (1 if r.verify_skipped else 2)
+    assert results[0].sources[1:] == [TokenSource.RETRIEVAL] * 6
+
+
+def test_a_failed_audit_stops_skipping_for_the_cooldown(model):
+    backend, observations, ar_tokens, ar_actions = model
+    # Unanimous but wrong in the last dims (5 bins off): skipped once, then caught.
+    wrong = ar_actions[0].copy()
+    wrong[4:] = np.clip(wrong[4:] + 5 * 2.0 / 255, -1, 1)
+    store = _oracle_store(backend, [wrong], copies=10)
+    heisd = replace(CALM, skip_cooldown=3, sequence_threshold=0.0, prefix_tolerance=0)
+    config = EngineConfig(mode="heisd", heisd=heisd)
+    drafter = ScriptedDrafter("adversarial", lambda: ar_tokens[0])
+    engine = DecodeEngine(backend, drafter, config, datastore=store)
+    skipped = [engine.step(observations[0]).verify_skipped for _ in range(6)]
+    assert skipped == [True, False, False, False, False, True]
+
+
+def test_boundary_sends_unfamiliar_motion_to_the_drafter(model):
+    backend, observations, ar_tokens, ar_actions = model
+    store = _oracle_store(backend, ar_actions[:1])
+    drafter = ScriptedDrafter("oracle", lambda: ar_tokens[0])
+    heisd = replace(CALM, verify_skip=False, w_gripper=1.0, boundary=0.5)
+
+    def first_sources(config_heisd):
+        config = EngineConfig(mode="heisd", heisd=config_heisd)
+        engine = DecodeEngine(backend, drafter, config, datastore=store)
+        result = engine.step(observations[0])
+        return set(result.sources[1:]), result.metric
+
+    sources, metric = first_sources(heisd)
+    assert sources == {TokenSource.RETRIEVAL} and metric == 0.0
+    # The neighbours' context distance weighted up: the metric crosses the boundary and the
+    # drafter drafts.
+    sources, metric = first_sources(replace(heisd, w_neighbour=100.0))
+    assert metric > 0.5 and sources == {TokenSource.DRAFTER}
+    # The same with the boundary off: retrieval regardless.
+    sources, _ = first_sources(replace(heisd, w_neighbour=100.0, use_boundary=False))
+    assert sources == {TokenSource.RETRIEVAL}
+
+
+def test_heisd_without_a_datastore_is_refused_and_hybrid_drafts_alone(model):
+    backend, observations, ar_tokens, _ = model
+    drafter = ScriptedDrafter("oracle", lambda: ar_tokens[0])
+    with pytest.raises(ValueError, match="needs a retrieval datastore"):
+        DecodeEngine(backend, drafter, EngineConfig(mode="heisd"))
+    engine = DecodeEngine(backend, drafter, EngineConfig(mode="hybrid", kerv=EXACT_KERV))
+    result = engine.step(observations[0])
+    assert set(result.sources[1:]) == {TokenSource.DRAFTER}
+
+
+def test_datastore_of_another_normalisation_is_refused(model):
+    from kerv_ros.actions import NormStats
+
+    backend, _, _, _ar_actions = model
+    other = NormStats(q01=-np.full(7, 5.0), q99=np.full(7, 5.0), mask=np.ones(7, dtype=bool))
+    store = Datastore.from_episodes([np.zeros((3, 7))], other)
+    with pytest.raises(ValueError, match="other normalisation statistics"):
+        DecodeEngine(backend, None, EngineConfig(mode="ar"), datastore=store)
