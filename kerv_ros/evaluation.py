@@ -107,12 +107,16 @@ def closed_loop(
     episodes: int,
     seed: int = EVAL_SEED,
     progress: bool = True,
+    datastore=None,
 ) -> list[EpisodeResult]:
-    """``episodes`` seeded episodes per task in the configured mode."""
+    """``episodes`` seeded episodes per task in the configured mode.
+
+    ``datastore`` is the retrieval datastore ``heisd`` needs and ``hybrid`` uses.
+    """
     control = ControlConfig()
     world = PandaWorld(SimConfig(image_size=128, control_rate_hz=control.control_rate_hz))
     engine = DecodeEngine(
-        backend, drafter, config, ArmKinematics(PANDA_ARM_JOINTS), control.period_s
+        backend, drafter, config, ArmKinematics(PANDA_ARM_JOINTS), control.period_s, datastore
     )
     out = []
     try:

@@ -222,7 +222,10 @@ class KervNode(Node):
         """Refuse, with the reason, any change that would make the next step invalid."""
         engine, control = self._split(parameters)
         with self._lock:
-            reasons = config_from_params(self._requested_engine, ENGINE_PARAMS, engine).problems()
+            requested = config_from_params(self._requested_engine, ENGINE_PARAMS, engine)
+            # Once configured, the engine also knows what it lacks (a datastore for heisd).
+            engine_now = self._engine
+            reasons = engine_now.problems(requested) if engine_now else requested.problems()
             reasons += config_from_params(
                 self._requested_control, CONTROL_PARAMS, control
             ).problems()

@@ -134,14 +134,15 @@ class Datastore:
             raise ValueError(f"datastore contexts must be {len(bins)} x {CONTEXT_DIMS}")
         if len(bins) == 0:
             raise ValueError("the datastore is empty: no action steps to retrieve")
-        self.bins = bins
-        self.contexts = contexts
-        self.episodes = np.asarray(episodes, dtype=np.int32)
+        # Kept sorted by first bin: the entries a lookup may use (first bins within the
+        # tolerance) are then one contiguous slice, scanned without copying.
+        order = np.argsort(bins[:, 0], kind="stable")
+        self.bins = bins[order]
+        self.contexts = np.ascontiguousarray(contexts[order])
+        self.episodes = np.asarray(episodes, dtype=np.int32)[order]
         self.norm_stats = norm_stats
         self.sources = list(sources or [])
-        order = np.argsort(bins[:, 0], kind="stable")
-        starts = np.searchsorted(bins[order, 0], np.arange(N_BINS + 1))
-        self._by_first = [order[starts[b] : starts[b + 1]] for b in range(N_BINS)]
+        self._starts = np.searchsorted(self.bins[:, 0], np.arange(N_BINS + 1))
 
     def __len__(self) -> int:
         return len(self.bins)
@@ -180,14 +181,18 @@ class Datastore:
             raise ValueError("lookup needs the step's first bin (it comes with the prefill)")
         first = prefix_bins[0]
         low, high = max(0, first - prefix_tolerance), min(N_BINS - 1, first + prefix_tolerance)
-        pool = np.concatenate(self._by_first[low : high + 1])
-        if len(prefix_bins) > 1 and len(pool):
-            rest = self.bins[pool, 1 : len(prefix_bins)].astype(np.int16)
+        begin, end = int(self._starts[low]), int(self._starts[high + 1])
+        context = np.asarray(context, np.float32)
+        if len(prefix_bins) > 1:
+            rest = self.bins[begin:end, 1 : len(prefix_bins)].astype(np.int16)
             close = np.abs(rest - np.asarray(prefix_bins[1:], dtype=np.int16)) <= prefix_tolerance
-            pool = pool[close.all(axis=1)]
+            pool = begin + np.flatnonzero(close.all(axis=1))
+            distances = np.abs(self.contexts[pool] - context).mean(axis=1)
+        else:
+            pool = np.arange(begin, end)
+            distances = np.abs(self.contexts[begin:end] - context).mean(axis=1)
         if not len(pool):
             return Candidates(np.zeros((0, ACTION_DIMS), np.uint8), np.zeros(0), float("inf"))
-        distances = np.abs(self.contexts[pool] - np.asarray(context, np.float32)).mean(axis=1)
         if len(pool) > neighbours:
             nearest = np.argpartition(distances, neighbours - 1)[:neighbours]
             pool, distances = pool[nearest], distances[nearest]

@@ -27,3 +27,17 @@ TINY = VLAConfig(
     text_intermediate=128,
 )
 """One decoder layer: for tests about plumbing, not numerics."""
+
+
+def random_model_with_ar(size: str, seed: int, count: int, observation_seed: int):
+    """A random model (``small`` or ``default`` size), ``count`` synthetic observations and
+    the ``ar`` results on them: the reference every exactness test compares against."""
+    from kerv_ros.bench import synthetic_observations
+    from kerv_ros.config import EngineConfig
+    from kerv_ros.decoding.engine import DecodeEngine
+    from kerv_ros.policy.vla import DefaultVLA
+
+    backend = DefaultVLA.random(SMALL if size == "small" else VLAConfig(), seed=seed)
+    observations = synthetic_observations(count, observation_seed, backend.config.image_size)
+    ar = DecodeEngine(backend, None, EngineConfig(mode="ar"))
+    return backend, observations, [ar.step(o) for o in observations]

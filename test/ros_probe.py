@@ -168,6 +168,8 @@ class Probe:
             pv.type, pv.integer_value = ParameterType.PARAMETER_INTEGER, value
         elif isinstance(value, float):
             pv.type, pv.double_value = ParameterType.PARAMETER_DOUBLE, value
+        elif isinstance(value, list):
+            pv.type, pv.double_array_value = ParameterType.PARAMETER_DOUBLE_ARRAY, value
         else:
             pv.type, pv.string_value = ParameterType.PARAMETER_STRING, value
         request = SetParameters.Request(parameters=[Parameter(name=name, value=pv)])

@@ -93,7 +93,7 @@ def test_datastore_build_info_and_heisd_rows(tmp_path):
     assert "steps from 2 episodes" in proc.stdout
     proc = run_kerv("datastore", "info", str(store))
     assert proc.returncode == 0, proc.stderr
-    assert "lookup:" in proc.stdout
+    assert "lookup of a step" in proc.stdout
     out = tmp_path / "bench.json"
     rows = "ar,heisd,hybrid,heisd_no_boundary,heisd_no_skip,heisd_token,retrieval_only"
     proc = run_kerv(

@@ -5,13 +5,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from drafters import ScriptedDrafter
-from models import SMALL
+from models import random_model_with_ar
 
-from kerv_ros.bench import synthetic_observations
 from kerv_ros.config import EngineConfig, HeisdConfig, KervConfig
 from kerv_ros.decoding.drafter import EagleConfig, EagleDrafter
 from kerv_ros.decoding.engine import DecodeEngine, TokenSource
-from kerv_ros.policy.vla import DefaultVLA, VLAConfig
 from kerv_ros.retrieval import Datastore
 
 CALM = HeisdConfig(w_speed=0.0, w_accel=0.0, w_innovation=0.0, w_neighbour=0.0, w_gripper=0.0)
@@ -23,11 +21,8 @@ EXACT_KERV = KervConfig(dynamic_threshold=False, compensation=False)
 @pytest.fixture(scope="module", params=[("small", 0), ("small", 1), ("default", 2)])
 def model(request):
     size, seed = request.param
-    backend = DefaultVLA.random(SMALL if size == "small" else VLAConfig(), seed=seed)
-    observations = synthetic_observations(3, seed=20 + seed, size=backend.config.image_size)
-    ar = DecodeEngine(backend, None, EngineConfig(mode="ar"))
-    results = [ar.step(o) for o in observations]
-    return backend, observations, [r.tokens for r in results], [r.action for r in results]
+    backend, observations, ar = random_model_with_ar(size, seed, 3, 20 + seed)
+    return backend, observations, [r.tokens for r in ar], [r.action for r in ar]
 
 
 def _raw(backend, action):

@@ -9,13 +9,11 @@ import pytest
 from drafters import ScriptedDrafter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from models import SMALL
+from models import random_model_with_ar
 
-from kerv_ros.bench import synthetic_observations
 from kerv_ros.config import DraftConfig, EngineConfig, KervConfig
 from kerv_ros.decoding.drafter import EagleConfig, EagleDrafter
 from kerv_ros.decoding.engine import DecodeEngine, TokenSource
-from kerv_ros.policy.vla import DefaultVLA, VLAConfig
 
 EXACT_CONFIGS = [
     EngineConfig(mode="spec"),
@@ -36,10 +34,8 @@ SHAPES = {
 @pytest.fixture(scope="module", params=[("small", 0), ("small", 1), ("default", 2)])
 def model(request):
     size, seed = request.param
-    backend = DefaultVLA.random(SMALL if size == "small" else VLAConfig(), seed=seed)
-    observations = synthetic_observations(4, seed=10 + seed, size=backend.config.image_size)
-    ar = DecodeEngine(backend, None, EngineConfig(mode="ar"))
-    return backend, observations, [ar.step(o).tokens for o in observations]
+    backend, observations, ar = random_model_with_ar(size, seed, 4, 10 + seed)
+    return backend, observations, [r.tokens for r in ar]
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))

@@ -114,6 +114,8 @@ def test_parameter_change_applies_next_step(node):
         ("kerv_r_min", 40, "kerv_r_min 40 is above kerv_r_max 15"),
         ("kalman_model", "jerk", "unknown kalman_model"),
         ("urdf", "/elsewhere.urdf", "read-only"),
+        ("mode", "heisd", "needs a retrieval datastore"),
+        ("heisd_sequence_weights", [1.0, 2.0], "heisd_sequence_weights must be 7 values"),
     ],
 )
 def test_bad_parameters_are_refused_and_change_nothing(node, name, value, reason):

@@ -239,13 +239,20 @@ class DecodeEngine:
         """
         self.motion = MotionTracker(self.config.kerv, self.backend.norm_stats, period_s, kinematics)
 
+    def problems(self, config: EngineConfig) -> list[str]:
+        """Why this engine cannot run ``config`` (its own checks, and what it has loaded)."""
+        out = config.problems()
+        if config.mode != "ar" and self.drafter is None:
+            out.append(f"mode {config.mode!r} needs a drafter and none is loaded")
+        if config.mode == "heisd" and self.datastore is None:
+            out.append("mode 'heisd' needs a retrieval datastore and none is loaded")
+        return out
+
     def configure(self, config: EngineConfig) -> None:
         """Validate and adopt a new configuration (raises ValueError with the reasons)."""
-        config.validate()
-        if config.mode != "ar" and self.drafter is None:
-            raise ValueError(f"mode {config.mode!r} needs a drafter and none is loaded")
-        if config.mode == "heisd" and self.datastore is None:
-            raise ValueError("mode 'heisd' needs a retrieval datastore and none is loaded")
+        found = self.problems(config)
+        if found:
+            raise ValueError("; ".join(found))
         self.motion.configure(config.kerv)
         self.config = config
 
@@ -354,9 +361,19 @@ class DecodeEngine:
         return session
 
     def _acceptance(self, threshold: float, start: int):
-        heisd = self.config.heisd
-        if self.config.mode in RETRIEVAL_MODES and heisd.acceptance == "sequence":
-            return SequenceAcceptance(heisd.sequence_threshold, heisd.sequence_weights, start)
+        """The step's acceptance rule.
+
+        ``hybrid`` scales the sequence-wise tolerance by kerv's kinematic threshold
+        (``r / r_max``): the whole drafted motion is judged as strictly as kerv judges each
+        token at that moment.
+        """
+        config = self.config
+        heisd = config.heisd
+        if config.mode in RETRIEVAL_MODES and heisd.acceptance == "sequence":
+            tolerance = heisd.sequence_threshold
+            if config.mode == "hybrid" and config.kerv.dynamic_threshold and config.kerv.r_max:
+                tolerance *= threshold / config.kerv.r_max
+            return SequenceAcceptance(tolerance, heisd.sequence_weights, start)
         return TokenAcceptance(int(threshold))
 
     def _decode_speculative(
