@@ -28,7 +28,7 @@ export ROS_DOMAIN_ID
 
 DEMO_TASKS ?= reach,push,pick
 DEMO_EPISODES ?= 2
-DEMO_MODES ?= ar,spec
+DEMO_MODES ?= ar,hybrid
 DEMO_OUT ?= runs/demo
 DEMO_MODEL ?= default
 

@@ -156,7 +156,7 @@ class HeisdConfig:
 class EngineConfig:
     """Everything that decides how one action step is decoded."""
 
-    mode: str = "spec"
+    mode: str = "hybrid"
     draft: DraftConfig = field(default_factory=DraftConfig)
     relaxed_threshold: int = 9
     """Largest accepted |draft - verifier| in bins for ``spec_relaxed``, and for ``kerv`` when its

@@ -19,7 +19,7 @@ def generate_launch_description() -> LaunchDescription:
     args = [
         DeclareLaunchArgument("params_file", default_value=str(share / "config" / "kerv.yaml")),
         DeclareLaunchArgument("model_path", default_value="default"),
-        DeclareLaunchArgument("mode", default_value="spec"),
+        DeclareLaunchArgument("mode", default_value="hybrid"),
         DeclareLaunchArgument("task", default_value="reach", description="reach | push | pick"),
         DeclareLaunchArgument("seed", default_value="1000"),
         DeclareLaunchArgument("episodes", default_value="3"),

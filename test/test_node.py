@@ -63,7 +63,7 @@ def test_no_instruction_holds_then_commands(node):
     assert node.probe.since(node.probe.stats, t0) == []
     node.probe.instruct("pick up the red cube")
     stats = commanding(node.probe)
-    assert stats.mode == "spec"
+    assert stats.mode == "hybrid"
     assert "no instruction" in log_text(node.log)
 
 
@@ -255,7 +255,7 @@ def test_kerv_follows_the_arm_through_its_kinematics(node):
         node.probe.wait_for(node.probe.diagnostics, twist_source("finite difference"))
     finally:
         node.probe.joints = good_joints()
-        assert node.probe.set_param("mode", "spec").successful
+        assert node.probe.set_param("mode", "hybrid").successful
 
 
 @pytest.mark.parametrize("encoding", ["bgr8", "rgba8", "bgra8", "mono8"])
