@@ -86,30 +86,54 @@ def run(
     period_s: float = 0.1,
     datastore=None,
 ) -> dict[str, dict[str, float]]:
-    """Decode every observation in every row (mode or variant); return the per-row summary.
+    """Decode every observation in every row (mode or variant); return the per-row summary."""
+    rows = {mode: row_config(config, mode) for mode in modes}
+    results = run_rows(
+        backend, drafter, rows, observations, warmup, progress, kinematics, period_s, datastore
+    )
+    return summarise(results)
 
-    ``kinematics`` (an ``ArmKinematics``) seeds ``kerv``'s filter from the observations' joint
-    motion; each row has its own engine, so its filter follows its own actions.
+
+def run_rows(
+    backend: PolicyBackend,
+    drafter: Drafter | None,
+    rows: dict[str, EngineConfig],
+    observations: list[Observation],
+    warmup: int = 2,
+    progress: bool = True,
+    kinematics=None,
+    period_s: float = 0.1,
+    datastore=None,
+    desc: str = "bench",
+) -> dict[str, list[StepResult]]:
+    """Every named configuration on every observation, round-robin; ``ar`` is added first.
+
+    ``kinematics`` (an ``ArmKinematics``) seeds the motion modes' filter from the observations'
+    joint motion; each row has its own engine, so its filter follows its own actions.
     """
-    if "ar" not in modes:
-        modes = ["ar", *modes]
+    if "ar" not in rows:
+        rows = {"ar": EngineConfig(mode="ar"), **rows}
     engines = {
-        mode: DecodeEngine(
-            backend, drafter, row_config(config, mode), kinematics, period_s, datastore
-        )
-        for mode in modes
+        name: DecodeEngine(backend, drafter, config, kinematics, period_s, datastore)
+        for name, config in rows.items()
     }
     for observation in observations[:warmup]:
         for engine in engines.values():
             engine.step(observation)
-    results: dict[str, list[StepResult]] = {mode: [] for mode in modes}
-    for observation in tqdm(observations, desc="bench", unit="step", disable=not progress):
-        for mode, engine in engines.items():
-            results[mode].append(engine.step(observation))
-    return summarise(results)
+    results: dict[str, list[StepResult]] = {name: [] for name in rows}
+    for observation in tqdm(observations, desc=desc, unit="step", disable=not progress):
+        for name, engine in engines.items():
+            results[name].append(engine.step(observation))
+    return results
 
 
 def summarise(results: dict[str, list[StepResult]]) -> dict[str, dict[str, float]]:
+    """Per row, against the ``ar`` row of the same run (see README, Benchmark).
+
+    ``average_first_error_position`` is the 1-based position (1..7) of the first token that
+    differs from ``ar``, averaged over the steps that differ at all (None when none does);
+    ``steps_differing_from_ar`` is their share.
+    """
     ar = results["ar"]
     ar_step = np.median([r.timings.total_ms for r in ar])
     ar_decode = np.median([r.timings.decode_ms for r in ar])
@@ -120,6 +144,10 @@ def summarise(results: dict[str, list[StepResult]]) -> dict[str, dict[str, float
         step_ms = float(np.median([r.timings.total_ms for r in steps]))
         decode_ms = float(np.median([r.timings.decode_ms for r in steps]))
         accepted = [n for r in steps for n in r.accepted_lengths]
+        tokens = np.array([r.tokens for r in steps])
+        differ = tokens != ar_tokens
+        first_error = [int(np.argmax(row)) + 1 for row in differ if row.any()]
+        errors = np.abs(np.array([r.action for r in steps]) - ar_actions)
         summary[mode] = {
             "target_forwards_per_step": float(np.mean([r.target_forwards for r in steps])),
             "draft_forwards_per_step": float(np.mean([r.draft_forwards for r in steps])),
@@ -134,6 +162,12 @@ def summarise(results: dict[str, list[StepResult]]) -> dict[str, dict[str, float
             "action_error_vs_ar": float(
                 np.mean(np.abs(np.array([r.action for r in steps]) - ar_actions))
             ),
+            "action_error_vs_ar_per_dim": errors.mean(axis=0).tolist(),
+            "bin_error_vs_ar_per_dim": np.abs(tokens - ar_tokens).mean(axis=0).tolist(),
+            "steps_differing_from_ar": float(differ.any(axis=1).mean()),
+            "average_first_error_position": float(np.mean(first_error)) if first_error else None,
+            "step_ms_p90": float(np.percentile([r.timings.total_ms for r in steps], 90)),
+            "decode_ms_p90": float(np.percentile([r.timings.decode_ms for r in steps], 90)),
             "compensated_dims_per_step": float(np.mean([len(r.compensated_dims) for r in steps])),
             "compensated_step_share": float(np.mean([bool(r.compensated_dims) for r in steps])),
             "threshold_mean": float(np.mean([r.threshold for r in steps])),

@@ -478,80 +478,201 @@ def _run_train_drafter(args: argparse.Namespace) -> int:
 
 
 def _eval_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="closed-loop success in the simulator per task and mode")
-    p.add_argument(
-        "--closed-loop",
-        action="store_true",
-        required=True,
-        help="run the policy in the simulator (offline bag replay comes later)",
+    p = sub.add_parser(
+        "eval",
+        help="every mode on recorded bags (offline), or in the simulator (--closed-loop)",
+        description="Offline: decode each control tick of the bags in every mode and report "
+        "forwards, accepted lengths, AFEP, action error vs ar and vs the recorded command, "
+        "timings and speed-ups (results.json, report.md, PNG plots). --closed-loop: success "
+        "rates with Wilson intervals in the simulator.",
     )
+    p.add_argument("bags", nargs="*", type=Path, help="rosbag2 bags or folders of them")
+    p.add_argument("--closed-loop", action="store_true", help="run the policy in the simulator")
     p.add_argument("--model", default="default")
-    p.add_argument("--modes", default="ar")
-    p.add_argument("--tasks", default="reach,push,pick")
-    p.add_argument("--episodes", type=int, default=10, help="episodes per task and mode")
-    p.add_argument("--seed", type=int, default=1000, help="first episode seed")
+    p.add_argument(
+        "--modes",
+        default=None,
+        help=f"comma list of modes and variants ({', '.join(bench.ROWS)}); "
+        "offline default: all of them, closed loop: ar",
+    )
+    p.add_argument("--tasks", default="reach,push,pick", help="closed loop: tasks")
+    p.add_argument("--episodes", type=int, default=10, help="closed loop: episodes per task/mode")
+    p.add_argument("--seed", type=int, default=1000, help="closed loop: first episode seed")
     p.add_argument("--threshold", type=int, default=EngineConfig.relaxed_threshold)
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an engine parameter of config/kerv.yaml for every mode (repeatable)",
+    )
+    p.add_argument(
+        "--sweep",
+        metavar="NAME=V1,V2,...",
+        help="offline: also run every mode but ar at each value of one parameter "
+        "(r = relaxed_threshold), e.g. --sweep r=3,5,9,15: the trade-off curve",
+    )
+    p.add_argument("--control-rate-hz", type=float, default=10.0, help="offline: tick rate")
     p.add_argument(
         "--datastore",
         default="",
         help="retrieval datastore for heisd/hybrid ('' = the one beside the model)",
     )
-    p.add_argument("-o", "--output", type=Path, help="write results.json here")
+    p.add_argument("-o", "--output", type=Path, help="write results.json (and report) here")
     _threads_option(p, 1)
     p.set_defaults(func=_run_eval)
 
 
+SWEEP_ALIASES = {"r": "relaxed_threshold"}
+
+
+def _sweep_rows(config: EngineConfig, modes: list[str], sweep: str | None):
+    """Rows for every mode, plus one per sweep value for each non-ar mode."""
+    rows = {mode: bench.row_config(config, mode) for mode in modes}
+    curves: dict[str, list[tuple[float, str]]] = {}
+    if not sweep:
+        return rows, curves
+    name, sep, values = sweep.partition("=")
+    name = SWEEP_ALIASES.get(name, name)
+    if not sep or not values:
+        raise ValueError(f"--sweep {sweep!r}: expected NAME=V1,V2,...")
+    for mode in modes:
+        if mode == "ar":
+            continue
+        points = []
+        for text in values.split(","):
+            params = _engine_params([f"{name}={text.strip()}"])
+            row = f"{mode}[{name}={text.strip()}]"
+            rows[row] = config_from_params(rows[mode], ENGINE_PARAMS, params).validate()
+            points.append((float(params[name]), row))
+        curves[f"{mode} {name}"] = points
+    return rows, curves
+
+
 def _run_eval(args: argparse.Namespace) -> int:
-    from kerv_ros.decoding.engine import DecodeEngine
-    from kerv_ros.evaluation import closed_loop, summarise
     from kerv_ros.loading import load_datastore, load_policy
 
     _set_threads(args)
     config = EngineConfig(relaxed_threshold=args.threshold)
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    for mode in modes:
-        config.with_mode(mode)
+    config = config_from_params(config, ENGINE_PARAMS, _engine_params(args.param))
+    default_modes = "ar" if args.closed_loop else ",".join(bench.ROWS)
+    modes = [m.strip() for m in (args.modes or default_modes).split(",") if m.strip()]
+    rows, curves = _sweep_rows(config, modes, None if args.closed_loop else args.sweep)
+    if args.closed_loop and args.bags:
+        raise ValueError("--closed-loop runs the simulator; it takes no bags")
+    if not args.closed_loop and not args.bags:
+        raise ValueError("name the bags to evaluate, or pass --closed-loop")
     backend, drafter = load_policy(args.model)
     datastore = load_datastore(args.model, args.datastore)
+    from kerv_ros.decoding.engine import DecodeEngine
+
     engine = DecodeEngine(backend, drafter, EngineConfig(mode="ar"), datastore=datastore)
-    for mode in modes:  # refuse what cannot run before the first episode
-        engine.configure(config.with_mode(mode))
+    for row, row_config in rows.items():  # refuse what cannot run before any work
+        problems = engine.problems(row_config)
+        if problems:
+            raise ValueError(f"{row}: {'; '.join(problems)}")
+    if args.closed_loop:
+        return _closed_loop_eval(args, backend, drafter, rows, datastore)
+    return _offline_eval(args, backend, drafter, rows, curves, datastore)
+
+
+def _offline_eval(args, backend, drafter, rows, curves, datastore) -> int:
+    from kerv_ros import offline
+    from kerv_ros.bags import bag_paths
+    from kerv_ros.config import PANDA_ARM_JOINTS
+    from kerv_ros.kinematics import ArmKinematics
+
+    size = getattr(getattr(backend, "config", None), "image_size", None)
+    observations, commands, names = [], [], []
+    for path in bag_paths(args.bags):
+        ticks = offline.read_ticks(path, args.control_rate_hz, image_size=size)
+        observations += ticks.observations
+        commands += ticks.commands
+        names.append(str(path))
+    results = bench.run_rows(
+        backend,
+        drafter,
+        rows,
+        observations,
+        warmup=2,
+        kinematics=ArmKinematics(PANDA_ARM_JOINTS),
+        period_s=1.0 / args.control_rate_hz,
+        datastore=datastore,
+        desc="eval",
+    )
+    summary = bench.summarise(results)
+    for row, steps in results.items():
+        recorded = offline.recorded_errors(steps, commands, backend.norm_stats)
+        summary[row].update(recorded)
+        per_dim = recorded["action_error_vs_recorded_per_dim"]
+        summary[row]["action_error_vs_recorded"] = sum(per_dim) / len(per_dim) if per_dim else None
+    print(offline.markdown_table(summary))
+    out = args.output or Path("runs/eval")
+    header = {
+        "bags": names,
+        "model": args.model,
+        "ticks": len(observations),
+        "params": args.param,
+        "control_rate_hz": args.control_rate_hz,
+    }
+    offline.write_report(out, summary, results, commands, backend.norm_stats, header, curves)
+    print(f"wrote {out / 'results.json'}, {out / 'report.md'} and plots")
+    return 0
+
+
+def _closed_loop_eval(args, backend, drafter, rows, datastore) -> int:
+    from kerv_ros.evaluation import closed_loop, summarise
+
     report = {}
-    for mode in modes:
+    for row, row_config in rows.items():
         results = closed_loop(
             backend,
             drafter,
-            config.with_mode(mode),
+            row_config,
             _tasks(args.tasks),
             args.episodes,
             args.seed,
             datastore=datastore,
         )
-        report[mode] = summarise(results)
-    print(
-        f"{'mode':13s} {'task':6s} {'success':>9s} {'95% CI':>13s} {'steps':>6s} "
-        f"{'step ms':>8s} {'tgt fwd':>8s} {'acc len':>8s}"
-    )
-    for mode, tasks in report.items():
-        for task, r in tasks.items():
-            low, high = r["success_ci95"]
-            print(
-                f"{mode:13s} {task:6s} {r['successes']:4d}/{r['episodes']:<4d} "
-                f"[{low:4.0%}, {high:4.0%}] {r['mean_episode_steps']:6.1f} "
-                f"{r['step_ms_median']:8.1f} {r['target_forwards_per_step']:8.2f} "
-                f"{r['mean_accepted_length']:8.2f}"
-            )
+        report[row] = summarise(results)
+    table = _closed_loop_table(report)
+    print(table)
     if args.output:
         args.output.mkdir(parents=True, exist_ok=True)
         payload = {
             "model": args.model,
             "seed": args.seed,
             "episodes": args.episodes,
+            "params": args.param,
             "closed_loop": report,
         }
         (args.output / "results.json").write_text(json.dumps(payload, indent=2))
-        print(f"wrote {args.output / 'results.json'}")
+        (args.output / "report.md").write_text(
+            f"# kerv eval --closed-loop\n\nModel: {args.model}; {args.episodes} episodes per "
+            f"task and mode from seed {args.seed}; parameters: {args.param or 'defaults'}\n\n"
+            f"{table}\n",
+            encoding="utf-8",
+        )
+        print(f"wrote {args.output / 'results.json'} and {args.output / 'report.md'}")
     return 0
+
+
+def _closed_loop_table(report: dict) -> str:
+    """Markdown: success with its Wilson 95 % interval, episode length, time, forwards."""
+    lines = [
+        "| mode | task | success | 95 % CI | mean steps | step ms | tgt fwd/step | acc len |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for mode, tasks in report.items():
+        for task, r in tasks.items():
+            low, high = r["success_ci95"]
+            lines.append(
+                f"| {mode} | {task} | {r['successes']}/{r['episodes']} | "
+                f"{low:.0%}-{high:.0%} | {r['mean_episode_steps']:.1f} | "
+                f"{r['step_ms_median']:.1f} | {r['target_forwards_per_step']:.2f} | "
+                f"{r['mean_accepted_length']:.2f} |"
+            )
+    return "\n".join(lines)
 
 
 def _datastore_parser(sub: argparse._SubParsersAction) -> None:
@@ -620,6 +741,57 @@ def _run_datastore_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _record_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "record",
+        help="record kerv_node's inputs and outputs from live topics into rosbag2",
+        description="Raw subscriptions to the topics (default: camera, joint states, "
+        "instruction, twist, gripper, decode stats) written to a rosbag2 that ros2 bag play "
+        "and kerv eval read. Stops on Ctrl-C or after --duration.",
+    )
+    p.add_argument("-o", "--output", type=Path, required=True, help="new bag directory")
+    p.add_argument("--topics", help="comma list of topics (default: kerv_node's)")
+    p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    p.add_argument("--duration", type=float, help="seconds to record (default: until Ctrl-C)")
+    p.set_defaults(func=_run_record)
+
+
+def _run_record(args: argparse.Namespace) -> int:
+    from kerv_ros.recording import NODE_TOPICS, record
+
+    topics = _topics(args.topics) or list(NODE_TOPICS)
+    counts = record(args.output, topics, args.storage, args.duration)
+    print(f"wrote {args.output}: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
+    return 0
+
+
+def _replay_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "replay",
+        help="play a bag's sensor topics into the live graph with their timing",
+        description="For machines without ros2 bag play: publishes the bag's messages (default: "
+        "camera, joint states, instruction) as recorded, scaled by --rate.",
+    )
+    p.add_argument("bag", type=Path)
+    p.add_argument("--topics", help="comma list of topics (default: the node's inputs)")
+    p.add_argument("--rate", type=float, default=1.0, help="time factor (2 = twice as fast)")
+    p.add_argument("--loop", action="store_true", help="start over at the end, until Ctrl-C")
+    p.add_argument("--start", type=float, default=0.0, help="seconds into the bag to start at")
+    p.set_defaults(func=_run_replay)
+
+
+def _run_replay(args: argparse.Namespace) -> int:
+    from kerv_ros.recording import replay
+
+    sent = replay(args.bag, _topics(args.topics), args.rate, args.loop, args.start)
+    print(f"replayed {sent} messages from {args.bag}")
+    return 0
+
+
+def _topics(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kerv", description="kerv_ros command-line tool")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -629,6 +801,8 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _eval_parser(sub)
     _datastore_parser(sub)
+    _record_parser(sub)
+    _replay_parser(sub)
     return parser
 
 

@@ -11,6 +11,7 @@ ROS_ADAPTERS = {
     "kerv_ros.ros_io",
     "kerv_ros.sim.sim_node",
     "kerv_ros.sim.closed_loop",
+    "kerv_ros.recording",
     "kerv_ros.msg",
 }
 

@@ -3,9 +3,9 @@
 What ``launch/demo.launch.py`` does on a machine with ROS 2, for machines without launch_ros
 (``kerv sim run``, ``make demo``). For each decode mode, kerv_node is started with that mode; for
 each task, sim_node runs the episodes and reports them. Everything kerv_node publishes
-(commands, DecodeStats) and the camera are recorded into one rosbag2 with raw subscriptions,
-and the per-mode table (success, step time, forwards, accepted length, speed-up vs ``ar``) is
-computed from the DecodeStats of that same run.
+(commands, DecodeStats) and its inputs (camera, joint states, instruction) are recorded into one
+rosbag2 with raw subscriptions, and the per-mode table (success, step time, forwards, accepted
+length, speed-up vs ``ar``) is computed from the DecodeStats of that same run.
 """
 
 from __future__ import annotations
@@ -19,24 +19,16 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
-from geometry_msgs.msg import TwistStamped
 from lifecycle_msgs.srv import GetState
-from rclpy.qos import qos_profile_sensor_data
 from rclpy.serialization import deserialize_message
-from sensor_msgs.msg import Image
-from std_msgs.msg import Float64, String
+from std_msgs.msg import String
 
 from kerv_ros import bags, loopback, processes
 from kerv_ros.msg import DecodeStats
+from kerv_ros.recording import NODE_TOPICS, subscribe_raw
 from kerv_ros.sim.sim_node import EPISODE_QOS
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "kerv.yaml"
-RECORDED = (
-    (bags.IMAGE_TOPIC, bags.IMAGE, Image, True),
-    (bags.TWIST_TOPIC, bags.TWIST_STAMPED, TwistStamped, False),
-    (bags.GRIPPER_TOPIC, bags.FLOAT64, Float64, False),
-    (bags.DECODE_STATS_TOPIC, bags.DECODE_STATS, DecodeStats, False),
-)
 
 
 def _script(name: str) -> str:
@@ -79,19 +71,14 @@ def run(
     )
     writer = bags.BagWriter(bag_path).__enter__() if bag_path else None
 
-    def record(topic, msgtype):
-        def callback(raw: bytes) -> None:
-            stamp = time.time_ns()
-            if writer is not None:
-                writer.write_raw(topic, msgtype, stamp, raw)
-            if topic == bags.DECODE_STATS_TOPIC and current:
-                current[-1].stats.append(deserialize_message(raw, DecodeStats))
+    def record(topic: str, msgtype: str, raw: bytes) -> None:
+        if writer is not None:
+            writer.write_raw(topic, msgtype, time.time_ns(), raw)
+        if topic == bags.DECODE_STATS_TOPIC and current:
+            current[-1].stats.append(deserialize_message(raw, DecodeStats))
 
-        return callback
-
-    for topic, msgtype, msg_class, sensor in RECORDED:
-        qos = qos_profile_sensor_data if sensor else 50
-        listener.create_subscription(msg_class, topic, record(topic, msgtype), qos, raw=True)
+    # What kerv record records: the bag replays into kerv eval like one from the arm.
+    subscribe_raw(listener, NODE_TOPICS, record)
     try:
         for mode in ["expert"] if expert else modes:
             current.append(ModeRun(mode))

@@ -1,0 +1,333 @@
+"""Offline evaluation (``kerv eval BAG...``): every mode on the same recorded control ticks.
+
+A bag of a run on the arm (``kerv record``, ``ros2 bag record`` or the simulator's) holds what
+the node saw and, if it ran, what it commanded. Each control tick is rebuilt from the bag (the
+camera image, the newest joint state at or before it by header stamp, the instruction in
+force) and decoded by every mode in turn, so that every mode meets the same inputs and the same
+machine load. Per mode the report gives forwards, accepted lengths, the first token that
+differs from ``ar`` (AFEP), action error against ``ar`` and against the recorded command, per
+dimension, in action units and bins, skipped and compensated steps, the draft source mix, and
+step and decode times with speed-ups against ``ar``, all from this one run; plots show the
+action traces, accepted lengths, the speed / error trade-off and ``kerv``'s threshold.
+
+Ticks are keyed by the messages' header stamps, not by when a recorder received them, so a bag
+written by ``kerv record`` and one written directly with the same messages give the same ticks.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from kerv_ros import bags
+from kerv_ros.actions import NormStats
+from kerv_ros.config import PANDA_ARM_JOINTS
+from kerv_ros.decoding.engine import StepResult
+from kerv_ros.policy.backend import Observation
+from kerv_ros.retrieval import to_bins
+from kerv_ros.ros_io import InputError, image_to_rgb, joint_sample, stamp_seconds
+
+REQUIRED = {
+    bags.IMAGE_TOPIC: bags.IMAGE,
+    bags.JOINT_STATES_TOPIC: bags.JOINT_STATE,
+    bags.INSTRUCTION_TOPIC: bags.STRING,
+}
+OPTIONAL = {bags.TWIST_TOPIC: bags.TWIST_STAMPED, bags.GRIPPER_TOPIC: bags.FLOAT64}
+
+
+@dataclass
+class Ticks:
+    """One bag's control ticks: observations and, where recorded, the commanded action."""
+
+    bag: Path
+    observations: list[Observation] = field(default_factory=list)
+    commands: list[np.ndarray | None] = field(default_factory=list)
+    """Raw 7-D action the recorded command amounts to (None where the bag has none)."""
+
+
+def _read_messages(path: Path) -> dict[str, list[tuple[int, object]]]:
+    """Deserialised messages of the topics evaluation uses; clear errors for anything else."""
+    from rosbags.rosbag2 import Reader
+
+    store = bags.typestore()
+    wanted = {**REQUIRED, **OPTIONAL}
+    try:
+        reader = Reader(path)
+        reader.open()
+    except Exception as err:  # rosbags raises several types for unreadable metadata/storage
+        raise ValueError(f"{path}: cannot open the bag: {type(err).__name__}: {err}") from err
+    try:
+        present = {c.topic: c.msgtype for c in reader.connections}
+        missing = sorted(set(REQUIRED) - set(present))
+        if missing:
+            raise ValueError(f"{path}: bag lacks topic(s) {', '.join(missing)}")
+        for topic, msgtype in present.items():
+            if topic in wanted and msgtype != wanted[topic]:
+                raise ValueError(
+                    f"{path}: topic {topic} has type {msgtype}, expected {wanted[topic]}"
+                )
+            if topic in wanted and msgtype not in store.types:
+                raise ValueError(f"{path}: topic {topic} has unknown message type {msgtype}")
+        connections = [c for c in reader.connections if c.topic in wanted]
+        streams: dict[str, list[tuple[int, object]]] = {topic: [] for topic in wanted}
+        try:
+            for connection, stamp, raw in reader.messages(connections=connections):
+                msg = store.deserialize_cdr(raw, connection.msgtype)
+                streams[connection.topic].append((stamp, msg))
+        except Exception as err:  # a corrupt chunk or message surfaces here
+            raise ValueError(
+                f"{path}: cannot read its messages (corrupt?): {type(err).__name__}: {err}"
+            ) from err
+    finally:
+        reader.close()
+    return streams
+
+
+def read_ticks(
+    path: Path,
+    control_rate_hz: float = 10.0,
+    joint_names: tuple[str, ...] = PANDA_ARM_JOINTS,
+    image_size: int | None = None,
+) -> Ticks:
+    """The control ticks of one bag: one per camera image, thinned to the control rate.
+
+    Images closer than 0.9 control periods to the previous tick (a faster camera) are skipped.
+    Each tick takes the newest joint state whose header stamp is at or before the image's,
+    the instruction last received before it, and the first command stamped in its period.
+    """
+    streams = _read_messages(path)
+    period = 1.0 / control_rate_hz
+    joints = sorted(streams[bags.JOINT_STATES_TOPIC], key=lambda m: _stamp(m[1]))
+    joint_stamps = np.array([_stamp(msg) for _, msg in joints])
+    twists = sorted(streams[bags.TWIST_TOPIC], key=lambda m: _stamp(m[1]))
+    twist_stamps = np.array([_stamp(msg) for _, msg in twists])
+    grippers = streams[bags.GRIPPER_TOPIC]
+    gripper_times = np.array([t for t, _ in grippers], dtype=np.int64)
+    instructions = streams[bags.INSTRUCTION_TOPIC]
+    instruction_times = np.array([t for t, _ in instructions], dtype=np.int64)
+    ticks = Ticks(Path(path))
+    images = sorted(streams[bags.IMAGE_TOPIC], key=lambda m: _stamp(m[1]))
+    last = -np.inf
+    for index, (received, image) in enumerate(images):
+        stamp = _stamp(image)
+        if stamp - last < 0.9 * period:
+            continue
+        j = int(np.searchsorted(joint_stamps, stamp, side="right")) - 1
+        k = int(np.searchsorted(instruction_times, received, side="right")) - 1
+        if j < 0:
+            continue  # no joint state yet: the node would not command either
+        k = max(k, 0)  # a latched instruction may arrive just after the first image
+        last = stamp
+        try:
+            rgb = image_to_rgb(image)
+            sample = joint_sample(joints[j][1], joint_names)
+        except InputError as err:
+            raise ValueError(f"{path}: message {index} of {bags.IMAGE_TOPIC}: {err}") from err
+        if image_size and rgb.shape[:2] != (image_size, image_size):
+            rgb = cv2.resize(rgb, (image_size, image_size), interpolation=cv2.INTER_AREA)
+        ticks.observations.append(
+            Observation(
+                rgb,
+                instructions[k][1].data,
+                sample.positions,
+                sample.velocities,
+                stamp=_stamp(joints[j][1]),
+            )
+        )
+        ticks.commands.append(
+            _command(twists, twist_stamps, grippers, gripper_times, stamp, period)
+        )
+    if not ticks.observations:
+        raise ValueError(f"{path}: no control ticks (no image with a joint state before it)")
+    return ticks
+
+
+def _stamp(msg) -> float:
+    return stamp_seconds(msg.header.stamp)
+
+
+def _command(twists, twist_stamps, grippers, gripper_times, stamp: float, period: float):
+    """The command the recorded node sent for the tick at ``stamp`` (first in its period)."""
+    if not len(twist_stamps):
+        return None
+    i = int(np.searchsorted(twist_stamps, stamp, side="left"))
+    if i >= len(twists) or twist_stamps[i] >= stamp + period:
+        return None
+    received, twist = twists[i]
+    g = int(np.searchsorted(gripper_times, received, side="right")) - 1
+    gripper = grippers[g][1].data if g >= 0 else 1.0
+    return np.array(bags.command_action(twist, gripper, period))
+
+
+def recorded_errors(
+    steps: list[StepResult], commands: list[np.ndarray | None], norm_stats: NormStats
+) -> dict[str, object]:
+    """Per-dimension |action - recorded command| in action units and bins (None if none)."""
+    pairs = [(r.action, c) for r, c in zip(steps, commands, strict=True) if c is not None]
+    if not pairs:
+        return {"action_error_vs_recorded_per_dim": None, "bin_error_vs_recorded_per_dim": None}
+    actions = np.array([a for a, _ in pairs])
+    recorded = norm_stats.normalize(np.array([c for _, c in pairs]))
+    bins = np.abs(to_bins(actions).astype(int) - to_bins(recorded).astype(int))
+    return {
+        "action_error_vs_recorded_per_dim": np.abs(actions - recorded).mean(axis=0).tolist(),
+        "bin_error_vs_recorded_per_dim": bins.mean(axis=0).tolist(),
+        "recorded_steps": len(pairs),
+    }
+
+
+# --- report -------------------------------------------------------------------------------
+
+REPORT_COLUMNS = (
+    ("target_forwards_per_step", "tgt fwd", "{:.2f}"),
+    ("draft_forwards_per_step", "drf fwd", "{:.2f}"),
+    ("mean_accepted_length", "acc len", "{:.2f}"),
+    ("average_first_error_position", "AFEP", "{:.2f}"),
+    ("steps_differing_from_ar", "steps != ar", "{:.0%}"),
+    ("action_error_vs_ar", "|act-ar|", "{:.4f}"),
+    ("token_mismatch_vs_ar", "|bin-ar|", "{:.2f}"),
+    ("action_error_vs_recorded", "|act-rec|", "{:.4f}"),
+    ("verify_skipped_share", "skipped", "{:.0%}"),
+    ("compensated_step_share", "compensated", "{:.0%}"),
+    ("step_ms_median", "step ms", "{:.1f}"),
+    ("step_ms_p90", "p90", "{:.1f}"),
+    ("decode_ms_median", "decode ms", "{:.1f}"),
+    ("decode_ms_p90", "p90 ", "{:.1f}"),
+    ("speedup_vs_ar_step", "speed-up step", "{:.2f}x"),
+    ("speedup_vs_ar_decode", "speed-up decode", "{:.2f}x"),
+)
+
+
+def markdown_table(summary: dict[str, dict], columns=REPORT_COLUMNS) -> str:
+    """One row per mode; '-' where a value does not apply."""
+    head = "| mode | " + " | ".join(title for _, title, _ in columns) + " |"
+    rule = "|---" * (len(columns) + 1) + "|"
+    rows = []
+    for mode, values in summary.items():
+        cells = [
+            "-" if values.get(key) is None else fmt.format(values[key]) for key, _, fmt in columns
+        ]
+        rows.append(f"| {mode} | " + " | ".join(cells) + " |")
+    return "\n".join([head, rule, *rows])
+
+
+def write_report(
+    out: Path,
+    summary: dict[str, dict],
+    results: dict[str, list[StepResult]],
+    commands: list[np.ndarray | None],
+    norm_stats: NormStats,
+    header: dict,
+    sweeps: dict[str, list[tuple[float, str]]],
+) -> None:
+    """``results.json``, ``report.md`` and the PNG plots into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {**header, "modes": summary, "sweeps": sweeps}
+    (out / "results.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    plots = _plots(out, summary, results, commands, norm_stats, sweeps)
+    dims = ["x", "y", "z", "roll", "pitch", "yaw", "gripper"]
+    per_dim = [
+        f"| {mode} | " + " | ".join(f"{e:.4f}" for e in values["action_error_vs_ar_per_dim"]) + " |"
+        for mode, values in summary.items()
+    ]
+    lines = [
+        "# kerv eval",
+        "",
+        f"Bags: {', '.join(header['bags'])}  ",
+        f"Model: {header['model']}; {header['ticks']} control ticks; parameters: "
+        f"{header['params'] or 'defaults'}",
+        "",
+        markdown_table(summary),
+        "",
+        "AFEP: 1-based position of the first token that differs from `ar`, over the steps that "
+        "differ. `|act-rec|`: against the command recorded in the bag.",
+        "",
+        "## Action error against `ar` per dimension (action units)",
+        "",
+        "| mode | " + " | ".join(dims) + " |",
+        "|---" * (len(dims) + 1) + "|",
+        *per_dim,
+        "",
+        "## Plots",
+        "",
+        *[f"![{name}]({name})" for name in plots],
+        "",
+    ]
+    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def _plots(out, summary, results, commands, norm_stats, sweeps) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    ar = np.array([r.action for r in results["ar"]])
+    fig, axes = plt.subplots(7, 1, figsize=(10, 14), sharex=True)
+    labels = ["x", "y", "z", "roll", "pitch", "yaw", "gripper"]
+    recorded = [norm_stats.normalize(c) if c is not None else np.full(7, np.nan) for c in commands]
+    for d, ax in enumerate(axes):
+        ax.plot(ar[:, d], color="0.3", linewidth=3, label="ar")
+        for mode, steps in results.items():
+            if mode != "ar":
+                ax.plot([r.action[d] for r in steps], linewidth=1, label=mode)
+        ax.plot([c[d] for c in recorded], "k:", linewidth=1, label="recorded")
+        ax.set_ylabel(labels[d])
+    axes[0].legend(ncol=4, fontsize=7)
+    axes[-1].set_xlabel("control tick")
+    fig.suptitle("actions (normalised) of each mode over ar")
+    fig.tight_layout()
+    fig.savefig(out / "actions.png", dpi=90)
+    plt.close(fig)
+    names.append("actions.png")
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    spec_modes = [m for m in results if m != "ar"]
+    for mode in spec_modes:
+        lengths = [n for r in results[mode] for n in r.accepted_lengths]
+        ax.hist(lengths, bins=np.arange(0.5, 7.5), histtype="step", linewidth=1.5, label=mode)
+    ax.set_xlabel("tokens gained per verifier pass")
+    ax.set_ylabel("verifies")
+    if spec_modes:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "accepted_length.png", dpi=90)
+    plt.close(fig)
+    names.append("accepted_length.png")
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for mode, values in summary.items():
+        ax.scatter(values["action_error_vs_ar"], values["speedup_vs_ar_step"])
+        ax.annotate(mode, (values["action_error_vs_ar"], values["speedup_vs_ar_step"]), fontsize=7)
+    for label, points in sweeps.items():
+        xs = [summary[row]["action_error_vs_ar"] for _, row in points]
+        ys = [summary[row]["speedup_vs_ar_step"] for _, row in points]
+        ax.plot(xs, ys, "-", linewidth=1, label=f"sweep {label}")
+    ax.axhline(1.0, color="0.7", linewidth=0.8)
+    ax.set_xlabel("mean |action - ar action| (normalised units)")
+    ax.set_ylabel("speed-up vs ar (step)")
+    if sweeps:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "tradeoff.png", dpi=90)
+    plt.close(fig)
+    names.append("tradeoff.png")
+
+    kinematic = [m for m, steps in results.items() if steps and steps[0].mode in ("kerv", "hybrid")]
+    if kinematic:
+        fig, ax = plt.subplots(figsize=(9, 3.5))
+        for mode in kinematic:
+            ax.plot([r.threshold for r in results[mode]], label=mode)
+        ax.set_xlabel("control tick")
+        ax.set_ylabel("threshold r (bins)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "threshold.png", dpi=90)
+        plt.close(fig)
+        names.append("threshold.png")
+    return names

@@ -1,0 +1,200 @@
+"""``kerv record`` and ``kerv replay``: live topics into rosbag2, and bags back into the graph.
+
+Recording uses raw subscriptions (the serialised CDR bytes go to the bag untouched, as
+``ros2 bag record`` does), so a bag plays in ``ros2 bag play`` on a full ROS 2 install and reads
+in ``kerv eval`` like any other. Replay publishes a bag's messages as raw bytes with their
+recorded timing (rate factor, loop, start offset), for machines without ``ros2 bag play``.
+
+This module is a ROS adapter (it needs rclpy); the core never imports it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import time
+from pathlib import Path
+
+import rclpy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+
+from kerv_ros import bags, loopback
+
+log = logging.getLogger(__name__)
+
+NODE_TOPICS = {
+    bags.IMAGE_TOPIC: bags.IMAGE,
+    bags.JOINT_STATES_TOPIC: bags.JOINT_STATE,
+    bags.INSTRUCTION_TOPIC: bags.STRING,
+    bags.TWIST_TOPIC: bags.TWIST_STAMPED,
+    bags.GRIPPER_TOPIC: bags.FLOAT64,
+    bags.DECODE_STATS_TOPIC: bags.DECODE_STATS,
+}
+"""kerv_node's inputs and outputs: what ``kerv record`` records by default."""
+SENSOR_TOPICS = (bags.IMAGE_TOPIC, bags.JOINT_STATES_TOPIC, bags.INSTRUCTION_TOPIC)
+"""What ``kerv replay`` plays by default: the node's inputs (its outputs come from the node)."""
+LATCHED = QoSProfile(
+    depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+)
+RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def _join_graph() -> None:
+    """Loopback-only DDS, in the user's domain.
+
+    ROS's default 0 when ROS_DOMAIN_ID is unset: a random one, as the simulator's own
+    processes get, would never meet the arm's nodes.
+    """
+    loopback.apply(int(os.environ.get("ROS_DOMAIN_ID") or 0))
+
+
+def message_class(msgtype: str):
+    """``pkg/msg/Type`` -> the rclpy message class (the package must be importable)."""
+    package, _, name = msgtype.split("/")
+    try:
+        return getattr(importlib.import_module(f"{package}.msg"), name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"message type {msgtype} is not installed here: {err}") from err
+
+
+def _qos(topic: str) -> QoSProfile:
+    """The subscription QoS of a topic.
+
+    Sensor streams best effort (it matches any publisher), the instruction latched, the rest
+    reliable as kerv_node publishes them.
+    """
+    if topic == bags.INSTRUCTION_TOPIC:
+        return LATCHED
+    if topic in NODE_TOPICS and topic not in SENSOR_TOPICS:
+        return RELIABLE
+    return qos_profile_sensor_data
+
+
+def subscribe_raw(node, types: dict[str, str], callback) -> None:
+    """Raw subscriptions to ``types`` (topic -> type); ``callback(topic, msgtype, raw)``."""
+    for topic, msgtype in types.items():
+        node.create_subscription(
+            message_class(msgtype),
+            topic,
+            lambda raw, topic=topic, msgtype=msgtype: callback(topic, msgtype, raw),
+            _qos(topic),
+            raw=True,
+        )
+
+
+def _discover(node, topics: list[str], timeout_s: float) -> dict[str, str]:
+    """Types of ``topics``: kerv_node's are known; others are looked up in the graph."""
+    types = {t: NODE_TOPICS[t] for t in topics if t in NODE_TOPICS}
+    deadline = time.monotonic() + timeout_s
+    while len(types) < len(topics) and time.monotonic() < deadline:
+        for name, names in node.get_topic_names_and_types():
+            if name in topics and names:
+                types[name] = names[0]
+        time.sleep(0.1)
+    unknown = [t for t in topics if t not in types]
+    if unknown:
+        raise ValueError(f"no publisher seen for {', '.join(unknown)} in {timeout_s:.0f} s")
+    return types
+
+
+def record(
+    output: Path,
+    topics: list[str],
+    storage: str = "mcap",
+    duration_s: float | None = None,
+    discovery_timeout_s: float = 5.0,
+) -> dict[str, int]:
+    """Record ``topics`` into a new bag until ``duration_s`` passes or Ctrl-C; message counts."""
+    if output.exists():
+        raise FileExistsError(f"{output} exists; choose a new bag path")
+    counts = {topic: 0 for topic in topics}
+    _join_graph()
+    rclpy.init()
+    node = rclpy.create_node("kerv_record")
+    writer = None
+    try:
+        types = _discover(node, topics, discovery_timeout_s)
+        writer = bags.BagWriter(output, storage).__enter__()
+
+        def on_message(topic: str, msgtype: str, raw: bytes) -> None:
+            writer.write_raw(topic, msgtype, time.time_ns(), raw)
+            counts[topic] += 1
+
+        subscribe_raw(node, types, on_message)
+        log.info("recording %s into %s", ", ".join(types), output)
+        end = time.monotonic() + duration_s if duration_s else None
+        try:
+            while rclpy.ok() and (end is None or time.monotonic() < end):
+                rclpy.spin_once(node, timeout_sec=0.1)
+        except KeyboardInterrupt:
+            pass
+    finally:
+        if writer is not None:
+            writer.__exit__(None, None, None)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return counts
+
+
+def replay(
+    path: Path,
+    topics: list[str] | None = None,
+    rate: float = 1.0,
+    loop: bool = False,
+    start_s: float = 0.0,
+    progress: bool = True,
+    wait_s: float = 3.0,
+) -> int:
+    """Publish ``topics`` of the bag (default: the node's inputs) with their timing."""
+    from rosbags.rosbag2 import Reader
+    from tqdm import tqdm
+
+    if rate <= 0:
+        raise ValueError(f"--rate must be positive, got {rate}")
+    with Reader(path) as reader:
+        present = {c.topic: c.msgtype for c in reader.connections}
+        wanted = [t for t in (topics or SENSOR_TOPICS) if t in present]
+        missing = sorted(set(topics or []) - set(present))
+        if missing:
+            raise ValueError(f"{path}: bag lacks topic(s) {', '.join(missing)}")
+        if not wanted:
+            raise ValueError(f"{path}: none of {', '.join(topics or SENSOR_TOPICS)} in the bag")
+        connections = [c for c in reader.connections if c.topic in wanted]
+        messages = [(t, c.topic, raw) for c, t, raw in reader.messages(connections=connections)]
+    first = messages[0][0] + int(start_s * 1e9)
+    messages = [m for m in messages if m[0] >= first]
+    if not messages:
+        raise ValueError(f"{path}: nothing after --start {start_s} s")
+    _join_graph()
+    rclpy.init()
+    node = rclpy.create_node("kerv_replay")
+    publishers = {t: node.create_publisher(message_class(present[t]), t, _qos(t)) for t in wanted}
+    # Give subscribers (the node, a recorder) a moment to be discovered: sensor topics are
+    # volatile, so whatever goes out before they match is lost to them.
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and not all(
+        p.get_subscription_count() for p in publishers.values()
+    ):
+        time.sleep(0.05)
+    sent = 0
+    try:
+        while True:
+            begin = time.monotonic()
+            for stamp, topic, raw in tqdm(
+                messages, desc="replay", unit="msg", disable=not progress
+            ):
+                delay = begin + (stamp - first) / 1e9 / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                publishers[topic].publish(raw)
+                sent += 1
+            if not loop:
+                break
+        time.sleep(0.5)  # let the last messages leave before the node goes
+    except KeyboardInterrupt:
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return sent
