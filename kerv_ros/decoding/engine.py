@@ -317,7 +317,6 @@ class DecodeEngine:
                 retrieval = self._retrieve(result, prior)
             if retrieval is None:
                 return None
-            result.metric = retrieval.metric
             familiar = not config.heisd.use_boundary or retrieval.metric <= config.heisd.boundary
             if familiar and len(retrieval.first):
                 return retrieval
@@ -338,7 +337,7 @@ class DecodeEngine:
             context, self.bins_of(result.tokens), heisd.neighbours, heisd.prefix_tolerance
         )
         session = _RetrievalSession(self, context, first)
-        session.metric = fused_metric(prior, first.distance, heisd)
+        session.metric = result.metric = fused_metric(prior, first.distance, heisd)
         if (
             heisd.verify_skip
             and len(first)
