@@ -194,9 +194,9 @@ REPORT_COLUMNS = (
     ("verify_skipped_share", "skipped", "{:.0%}"),
     ("compensated_step_share", "compensated", "{:.0%}"),
     ("step_ms_median", "step ms", "{:.1f}"),
-    ("step_ms_p90", "p90", "{:.1f}"),
+    ("step_ms_p90", "step p90", "{:.1f}"),
     ("decode_ms_median", "decode ms", "{:.1f}"),
-    ("decode_ms_p90", "p90 ", "{:.1f}"),
+    ("decode_ms_p90", "decode p90", "{:.1f}"),
     ("speedup_vs_ar_step", "speed-up step", "{:.2f}x"),
     ("speedup_vs_ar_decode", "speed-up decode", "{:.2f}x"),
 )
