@@ -691,6 +691,13 @@ def _datastore_parser(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument("--control-rate-hz", type=float, default=10.0)
     b.add_argument("--unnorm-key", help="dataset statistics to normalise with (OpenVLA)")
+    b.add_argument(
+        "--relabel",
+        action="store_true",
+        help="store the model's own greedy actions on each recorded tick instead of the "
+        "recorded commands (slower: one ar decode per tick)",
+    )
+    b.add_argument("--threads", type=int, default=0, help="torch threads for --relabel")
     b.set_defaults(func=_run_datastore_build)
     i = ds.add_parser("info", help="what a datastore holds and how fast it looks up")
     i.add_argument("path", type=Path)
@@ -705,7 +712,15 @@ def _run_datastore_build(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     backend, _ = load_policy(args.model, unnorm_key=args.unnorm_key)
-    episodes = read_bag_episodes(args.bags, args.control_rate_hz)
+    if args.relabel:
+        from kerv_ros.training import greedy_episodes, load_demonstrations
+
+        _set_threads(args)
+        size = getattr(getattr(backend, "config", None), "image_size", 224)
+        demos = load_demonstrations(args.bags, size, args.control_rate_hz)
+        episodes = greedy_episodes(backend, demos)
+    else:
+        episodes = read_bag_episodes(args.bags, args.control_rate_hz)
     sources = sorted({str(path) for path in args.bags})
     datastore = Datastore.from_episodes(episodes, backend.norm_stats, sources)
     args.output.parent.mkdir(parents=True, exist_ok=True)

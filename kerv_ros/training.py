@@ -545,6 +545,23 @@ def _target_sequences(backend: PolicyBackend, observations: list[Observation], p
     return sequences
 
 
+def greedy_episodes(
+    backend: PolicyBackend, demos: Demonstrations, progress: bool = True
+) -> list[np.ndarray]:
+    """The policy's own greedy actions (raw units) on every sample, one array per episode.
+
+    For a retrieval datastore of what *this* policy does in the recorded situations rather than
+    what the demonstrator commanded (``kerv datastore build --relabel``).
+    """
+    engine = DecodeEngine(backend, None, EngineConfig(mode="ar"))
+    actions = []
+    for i in tqdm(range(len(demos)), desc="relabel", unit="step", disable=not progress):
+        observation = Observation(demos.images[i], demos.instructions[i], demos.states[i])
+        actions.append(engine.step(observation).raw_action)
+    actions = np.array(actions)
+    return [actions[demos.episodes == e] for e in np.unique(demos.episodes)]
+
+
 def train_drafter(
     backend: PolicyBackend,
     observations: list[Observation],

@@ -121,3 +121,44 @@ def test_datastore_build_info_and_heisd_rows(tmp_path):
     proc = run_kerv("bench", "--model", "random", "--steps", "1", "--modes", "ar,heisd")
     assert proc.returncode == 0, proc.stderr
     assert "no retrieval datastore for random: skipping heisd" in proc.stdout
+
+
+def test_relabelled_datastore_drafts_the_policys_own_steps(tmp_path):
+    """Built from the model's greedy actions on a bag, the datastore predicts that model on it."""
+    from kerv_ros.sim.collect import collect
+
+    collect(["reach"], 1, 11, tmp_path / "bags", image_size=128, progress=False)
+    store = tmp_path / "own.safetensors"
+    proc = run_kerv(
+        "datastore",
+        "build",
+        str(tmp_path / "bags"),
+        "-o",
+        str(store),
+        "--model",
+        "random",
+        "--relabel",
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "eval"
+    proc = run_kerv(
+        "eval",
+        str(tmp_path / "bags"),
+        "--model",
+        "random",
+        "--datastore",
+        str(store),
+        "--modes",
+        "ar,heisd_no_skip",
+        "--param",
+        "heisd_use_boundary=false",
+        "--param",
+        "heisd_sequence_threshold=0.0",
+        "-o",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    retrieval = json.loads((out / "results.json").read_text())["modes"]["heisd_no_skip"]
+    assert retrieval["action_error_vs_ar"] == 0.0  # exact acceptance
+    assert retrieval["mean_accepted_length"] > 4.0  # an untrained drafter gets ~1
+    assert retrieval["draft_source_mix"]["retrieval"] > 0.5
