@@ -260,6 +260,16 @@ def write_report(
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
 
 
+def _save(fig, path: Path) -> str:
+    """Write a finished figure, free it, and return its file name for the report."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path.name
+
+
 def _plots(out, summary, results, commands, norm_stats, sweeps) -> list[str]:
     import matplotlib
 
@@ -281,10 +291,7 @@ def _plots(out, summary, results, commands, norm_stats, sweeps) -> list[str]:
     axes[0].legend(ncol=4, fontsize=7)
     axes[-1].set_xlabel("control tick")
     fig.suptitle("actions (normalised) of each mode over ar")
-    fig.tight_layout()
-    fig.savefig(out / "actions.png", dpi=90)
-    plt.close(fig)
-    names.append("actions.png")
+    names.append(_save(fig, out / "actions.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
     spec_modes = [m for m in results if m != "ar"]
@@ -295,10 +302,7 @@ def _plots(out, summary, results, commands, norm_stats, sweeps) -> list[str]:
     ax.set_ylabel("verifies")
     if spec_modes:
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "accepted_length.png", dpi=90)
-    plt.close(fig)
-    names.append("accepted_length.png")
+    names.append(_save(fig, out / "accepted_length.png"))
 
     fig, ax = plt.subplots(figsize=(7, 5))
     for mode, values in summary.items():
@@ -313,10 +317,7 @@ def _plots(out, summary, results, commands, norm_stats, sweeps) -> list[str]:
     ax.set_ylabel("speed-up vs ar (step)")
     if sweeps:
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "tradeoff.png", dpi=90)
-    plt.close(fig)
-    names.append("tradeoff.png")
+    names.append(_save(fig, out / "tradeoff.png"))
 
     kinematic = [m for m, steps in results.items() if steps and steps[0].mode in ("kerv", "hybrid")]
     if kinematic:
@@ -326,8 +327,5 @@ def _plots(out, summary, results, commands, norm_stats, sweeps) -> list[str]:
         ax.set_xlabel("control tick")
         ax.set_ylabel("threshold r (bins)")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "threshold.png", dpi=90)
-        plt.close(fig)
-        names.append("threshold.png")
+        names.append(_save(fig, out / "threshold.png"))
     return names
