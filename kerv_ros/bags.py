@@ -48,6 +48,12 @@ def bag_paths(paths: list[Path]) -> list[Path]:
     return found
 
 
+def latest_index(stamps, t) -> int | None:
+    """Index of the last stamp <= t (stamps sorted), or None: the message in force at t."""
+    index = int(np.searchsorted(np.asarray(stamps), t, side="right")) - 1
+    return index if index >= 0 else None
+
+
 def custom_data(path: Path) -> dict:
     """The bag's rosbag2 ``custom_data`` (the simulator stores task, seed and outcome there)."""
     import yaml

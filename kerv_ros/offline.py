@@ -116,11 +116,11 @@ def read_ticks(
         stamp = _stamp(image)
         if stamp - last < 0.9 * period:
             continue
-        j = int(np.searchsorted(joint_stamps, stamp, side="right")) - 1
-        k = int(np.searchsorted(instruction_times, received, side="right")) - 1
-        if j < 0:
+        j = bags.latest_index(joint_stamps, stamp)
+        if j is None:
             continue  # no joint state yet: the node would not command either
-        k = max(k, 0)  # a latched instruction may arrive just after the first image
+        # A latched instruction may arrive just after the first image.
+        k = bags.latest_index(instruction_times, received) or 0
         last = stamp
         try:
             rgb = image_to_rgb(image)
@@ -158,8 +158,8 @@ def _command(twists, twist_stamps, grippers, gripper_times, stamp: float, period
     if i >= len(twists) or twist_stamps[i] >= stamp + period:
         return None
     received, twist = twists[i]
-    g = int(np.searchsorted(gripper_times, received, side="right")) - 1
-    gripper = grippers[g][1].data if g >= 0 else 1.0
+    g = bags.latest_index(gripper_times, received)
+    gripper = grippers[g][1].data if g is not None else 1.0
     return np.array(bags.command_action(twist, gripper, period))
 
 

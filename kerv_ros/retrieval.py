@@ -300,8 +300,8 @@ def read_bag_episodes(
         gripper_stamps = np.array([stamp for stamp, _ in grippers], dtype=np.int64)
         actions = []
         for stamp, twist in twists:
-            g = int(np.searchsorted(gripper_stamps, stamp, side="right")) - 1
-            gripper = grippers[g][1].data if g >= 0 else 1.0
+            g = bags.latest_index(gripper_stamps, stamp)
+            gripper = grippers[g][1].data if g is not None else 1.0
             actions.append(bags.command_action(twist, gripper, period))
         if actions:
             episodes.append(np.array(actions))

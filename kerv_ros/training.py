@@ -53,12 +53,6 @@ class Demonstrations:
         return len(self.instructions)
 
 
-def _latest(stamps: list[int], t: int) -> int | None:
-    """Index of the last stamp <= t (stamps sorted), or None."""
-    index = int(np.searchsorted(np.asarray(stamps), t, side="right")) - 1
-    return index if index >= 0 else None
-
-
 def load_demonstrations(
     paths: list[Path],
     image_size: int,
@@ -89,12 +83,12 @@ def load_demonstrations(
         episode = len(metadata) - 1
         lookup = {topic: [s for s, _ in items] for topic, items in streams.items()}
         for stamp, twist in streams[bags.TWIST_TOPIC]:
-            i = _latest(lookup[bags.IMAGE_TOPIC], stamp)
-            j = _latest(lookup[bags.JOINT_STATES_TOPIC], stamp)
-            k = _latest(lookup[bags.INSTRUCTION_TOPIC], stamp)
+            i = bags.latest_index(lookup[bags.IMAGE_TOPIC], stamp)
+            j = bags.latest_index(lookup[bags.JOINT_STATES_TOPIC], stamp)
+            k = bags.latest_index(lookup[bags.INSTRUCTION_TOPIC], stamp)
             if i is None or j is None or k is None:
                 continue
-            g = _latest(lookup.get(bags.GRIPPER_TOPIC, []), stamp)
+            g = bags.latest_index(lookup.get(bags.GRIPPER_TOPIC, []), stamp)
             gripper = streams[bags.GRIPPER_TOPIC][g][1].data if g is not None else 1.0
             image = streams[bags.IMAGE_TOPIC][i][1]
             rgb = image_to_rgb(image)
