@@ -42,8 +42,8 @@ class Observation:
             raise ValueError(f"image must be uint8, got {image.dtype}")
         if min(image.shape[:2]) < 8:
             raise ValueError(f"image too small: {image.shape[:2]}")
-        if not self.instruction or not self.instruction.strip():
-            raise ValueError("instruction is empty")
+        if not isinstance(self.instruction, str):
+            raise ValueError(f"instruction must be a string, got {type(self.instruction)}")
         if self.state is not None:
             self.state = np.asarray(self.state, dtype=np.float32)
             if self.state.ndim != 1 or not np.all(np.isfinite(self.state)):
@@ -144,8 +144,3 @@ class PolicyBackend(ABC):
         """
         first = self.action_tokenizer.first_token
         return [first + int(i) for i in torch.argmax(logits, dim=-1).tolist()]
-
-
-def openvla_prompt(instruction: str) -> str:
-    """OpenVLA's prompt for a (non-v01) checkpoint; the default model is trained on it too."""
-    return f"In: What action should the robot take to {instruction.strip().lower()}?\nOut:"

@@ -36,7 +36,7 @@ from transformers import (
 )
 
 from kerv_ros.actions import N_BINS, ActionTokenizer, NormStats
-from kerv_ros.policy.backend import Observation, openvla_prompt
+from kerv_ros.policy.backend import Observation
 from kerv_ros.policy.hf_backend import HFDecoderBackend
 
 POLICY_FILE = "kerv_policy.json"
@@ -53,6 +53,12 @@ DEFAULT_INSTRUCTIONS = (
 )
 
 
+def policy_prompt(instruction: str) -> str:
+    """OpenVLA's prompt template, with the instruction stripped: what the default model was
+    trained on. (OpenVLA itself does not strip; its backend uses its own prompt.)"""
+    return f"In: What action should the robot take to {instruction.strip().lower()}?\nOut:"
+
+
 def train_text_tokenizer(instructions: list[str] | tuple[str, ...], vocab_size: int) -> Tokenizer:
     """A byte-level BPE over the OpenVLA prompts of ``instructions``, at most ``vocab_size``."""
     tokenizer = Tokenizer(models.BPE())
@@ -63,7 +69,7 @@ def train_text_tokenizer(instructions: list[str] | tuple[str, ...], vocab_size: 
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(sorted({openvla_prompt(t) for t in instructions}), trainer)
+    tokenizer.train_from_iterator(sorted({policy_prompt(t) for t in instructions}), trainer)
     if tokenizer.get_vocab_size() > vocab_size:
         raise ValueError(f"tokenizer has {tokenizer.get_vocab_size()} tokens, over {vocab_size}")
     return tokenizer
@@ -244,7 +250,7 @@ class DefaultVLA(HFDecoderBackend):
         The image comes right after BOS as in OpenVLA, then the proprioceptive state.
         """
         c = self.config
-        text = self.text_tokenizer.encode(openvla_prompt(instruction)).ids
+        text = self.text_tokenizer.encode(policy_prompt(instruction)).ids
         state = [c.state_id] if c.state_dim else []
         return [c.bos_id] + [c.image_id] * c.image_tokens + state + text
 
