@@ -222,6 +222,9 @@ class ControlConfig:
         return self
 
 
+DTYPES = ("", "float32", "bfloat16")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """What the node loads at configure; changing it needs a new configure."""
@@ -232,7 +235,12 @@ class ModelConfig:
     """HeiSD's retrieval datastore ('' = datastore.safetensors beside the model, if any)."""
     unnorm_key: str = ""
     trust_remote_code: bool = False
+    """Let a checkpoint's own Python code run: only for Prismatic variants the native OpenVLA
+    loader does not know. Published OpenVLA checkpoints never need it."""
     device: str = "cpu"
+    dtype: str = ""
+    """Numeric type of the whole model and what follows it (drafter): float32 | bfloat16 |
+    '' (float32 on the CPU, bfloat16 on a GPU)."""
     urdf: str = ""
     """Robot description for the kinematics ('' = pybullet_data's Panda, the simulator's)."""
     ee_frame: str = PANDA_EE_FRAME
@@ -451,10 +459,18 @@ MODEL_PARAMS = (
     Param(
         "trust_remote_code",
         ("trust_remote_code",),
-        "allow a checkpoint's own Python code to run (OpenVLA)",
+        "allow a checkpoint's own Python code to run (only Prismatic variants the native "
+        "OpenVLA loader does not know; published OpenVLA checkpoints never need it)",
         read_only=True,
     ),
-    Param("device", ("device",), "torch device of the model", read_only=True),
+    Param("device", ("device",), "torch device of the model (cpu, cuda, cuda:1)", read_only=True),
+    Param(
+        "dtype",
+        ("dtype",),
+        "model dtype ('' = float32 on the CPU, bfloat16 on a GPU)",
+        choices=DTYPES,
+        read_only=True,
+    ),
     Param("urdf", ("urdf",), "robot URDF ('' = the simulator's Panda)", read_only=True),
     Param("ee_frame", ("ee_frame",), "end-effector frame of the URDF", read_only=True),
     Param(

@@ -1,14 +1,24 @@
-"""Load a target policy and its drafter from the names users type: random, default, or a path."""
+"""Load a target policy, its drafter and its datastore from the names users type.
+
+One set of model options (:class:`~kerv_ros.config.ModelConfig`: model, drafter, datastore,
+unnorm key, device, dtype, trust_remote_code) serves every entry point: the node's parameters,
+the launch arguments and the ``kerv`` subcommands' flags all map onto it. Whatever fails while
+loading reaches the user as one :class:`ModelLoadError` line naming the file and what is wrong.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
-from kerv_ros.config import DraftConfig
+import torch
+
+from kerv_ros.config import DraftConfig, ModelConfig
 from kerv_ros.decoding.drafter import EagleConfig, EagleDrafter
 from kerv_ros.policy.backend import PolicyBackend
-from kerv_ros.policy.openvla import OpenVLABackend
+from kerv_ros.policy.openvla import OpenVLABackend, is_openvla_checkpoint
+from kerv_ros.policy.prismatic import CheckpointError
 from kerv_ros.policy.vla import POLICY_FILE, DefaultVLA
 from kerv_ros.retrieval import Datastore
 
@@ -19,6 +29,65 @@ DRAFTER_FILE = "drafter.safetensors"
 DATASTORE_FILE = "datastore.safetensors"
 
 
+class ModelLoadError(ValueError):
+    """A model, drafter or datastore that cannot be loaded; the message is one line."""
+
+
+@dataclass
+class LoadedModels:
+    backend: PolicyBackend
+    drafter: EagleDrafter
+    datastore: Datastore | None
+
+
+def resolve_dtype(name: str, device: str | torch.device) -> torch.dtype:
+    """``float32`` | ``bfloat16`` | '' (float32 on the CPU, bfloat16 on an accelerator)."""
+    if name in ("", "auto"):
+        return torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
+    if name not in ("float32", "bfloat16"):
+        raise ModelLoadError(f"dtype {name!r}: choose float32 or bfloat16")
+    return getattr(torch, name)
+
+
+def model_directory(name: str) -> Path:
+    directory = DEFAULT_MODEL_DIR if name == "default" else Path(name)
+    if name == "default" and not directory.is_dir():
+        raise FileNotFoundError(
+            f"no default model installed at {directory}; pass --model random or a checkpoint path"
+        )
+    return directory
+
+
+def load_models(
+    options: ModelConfig, draft: DraftConfig | None = None, seed: int = 0
+) -> LoadedModels:
+    """Policy, drafter and datastore for ``options``, all on one device and dtype.
+
+    Any failure is a :class:`ModelLoadError` whose one line names what failed to load.
+    """
+    what = f"model {options.model}"
+    try:
+        backend, drafter = load_policy(
+            options.model,
+            seed=seed,
+            draft=draft,
+            trust_remote_code=options.trust_remote_code,
+            unnorm_key=options.unnorm_key or None,
+            device=options.device,
+            dtype=options.dtype,
+        )
+        if options.drafter_path:
+            what = f"drafter {options.drafter_path}"
+            drafter = _follow(EagleDrafter.load(options.drafter_path), backend, draft)
+        what = f"datastore {options.datastore_path or 'beside ' + options.model}"
+        datastore = load_datastore(options.model, options.datastore_path)
+    except ModelLoadError:
+        raise
+    except Exception as err:  # every loader error becomes one line, never a traceback
+        raise ModelLoadError(f"cannot load {what}: {_one_line(err)}") from err
+    return LoadedModels(backend, drafter, datastore)
+
+
 def load_policy(
     name: str,
     seed: int = 0,
@@ -26,44 +95,68 @@ def load_policy(
     trust_remote_code: bool = False,
     unnorm_key: str | None = None,
     device: str = "cpu",
+    dtype: str = "",
 ) -> tuple[PolicyBackend, EagleDrafter]:
     """``random`` (seeded, for engine work), ``default`` (shipped), or a checkpoint directory.
 
-    A directory with ``kerv_policy.json`` is a kerv_ros default-architecture policy; one with a
-    transformers ``config.json`` is taken as OpenVLA. The drafter is ``drafter.safetensors``
-    beside the policy; without one, a randomly initialised drafter is used and a warning says
-    that speculative modes will not speed anything up.
+    A directory with ``kerv_policy.json`` is a kerv_ros default-architecture policy; one whose
+    config.json says ``model_type: openvla`` is read by the native OpenVLA loader (no code from
+    the directory runs). The drafter is ``drafter.safetensors`` beside the policy; without one, a
+    randomly initialised drafter is used and a warning says that speculative modes will not
+    speed anything up. The drafter follows the backend's device and dtype.
     """
+    torch_dtype = resolve_dtype(dtype, device)
     if name == "random":
-        backend: PolicyBackend = DefaultVLA.random(seed=seed)
+        backend: PolicyBackend = DefaultVLA.random(seed=seed).to(device, torch_dtype)
         return backend, _random_drafter(backend, draft, seed)
-    directory = DEFAULT_MODEL_DIR if name == "default" else Path(name)
-    if name == "default" and not directory.is_dir():
-        raise FileNotFoundError(
-            f"no default model installed at {directory}; pass --model random or a checkpoint path"
-        )
+    directory = model_directory(name)
     if (directory / POLICY_FILE).is_file():
-        backend = DefaultVLA.load(directory, device=device)
+        backend = DefaultVLA.load(directory, device=device, dtype=torch_dtype)
+    elif not directory.is_dir() or is_openvla_checkpoint(directory):
+        backend = _load_openvla(directory, unnorm_key, trust_remote_code, device, torch_dtype)
     else:
-        backend = OpenVLABackend.load(
-            directory, unnorm_key=unnorm_key, trust_remote_code=trust_remote_code, device=device
+        raise ModelLoadError(
+            f"{directory} is neither a kerv_ros policy ({POLICY_FILE}) nor an OpenVLA checkpoint "
+            "(config.json with model_type 'openvla')"
         )
     drafter_path = directory / DRAFTER_FILE
     if drafter_path.is_file():
-        drafter = EagleDrafter.load(drafter_path, device=device)
-        if draft is not None:
-            drafter.draft_config = draft
-        return backend, drafter
+        return backend, _follow(EagleDrafter.load(drafter_path), backend, draft)
     log.warning("no %s in %s: using an untrained drafter", DRAFTER_FILE, directory)
     return backend, _random_drafter(backend, draft, seed)
 
 
-def _random_drafter(backend: PolicyBackend, draft: DraftConfig | None, seed: int) -> EagleDrafter:
-    import torch
+def _load_openvla(
+    directory: Path,
+    unnorm_key: str | None,
+    trust_remote_code: bool,
+    device: str,
+    dtype: torch.dtype,
+) -> PolicyBackend:
+    """The native loader; the checkpoint's own code only for variants it does not know."""
+    try:
+        return OpenVLABackend.load(directory, unnorm_key=unnorm_key, device=device, dtype=dtype)
+    except CheckpointError as err:
+        if not trust_remote_code or "native loader knows" not in str(err):
+            raise
+        log.warning("%s; running the checkpoint's own code (trust_remote_code)", err)
+    from kerv_ros.policy.remote_code import RemoteCodeOpenVLA
 
+    return RemoteCodeOpenVLA.load(directory, unnorm_key=unnorm_key, device=device, dtype=dtype)
+
+
+def _follow(drafter: EagleDrafter, backend: PolicyBackend, draft: DraftConfig | None):
+    """The drafter on the backend's device and dtype, with the tree shape asked for."""
+    if draft is not None:
+        drafter.draft_config = draft
+    dtype = backend.lm_head.weight.dtype
+    return drafter.to(device=backend.device, dtype=dtype).eval()
+
+
+def _random_drafter(backend: PolicyBackend, draft: DraftConfig | None, seed: int) -> EagleDrafter:
     torch.manual_seed(seed + 1)
     config = EagleConfig.for_target(backend.text_config)
-    return EagleDrafter(config, draft or DraftConfig()).to(backend.device).eval()
+    return _follow(EagleDrafter(config, draft or DraftConfig()), backend, None)
 
 
 def load_datastore(name: str, path: str = "") -> Datastore | None:
@@ -75,9 +168,13 @@ def load_datastore(name: str, path: str = "") -> Datastore | None:
         return Datastore.load(path)
     if name == "random":
         return None
-    directory = DEFAULT_MODEL_DIR if name == "default" else Path(name)
-    candidate = directory / DATASTORE_FILE
+    candidate = model_directory(name) / DATASTORE_FILE
     if candidate.is_file():
         return Datastore.load(candidate)
-    log.info("no %s in %s: no retrieval drafts", DATASTORE_FILE, directory)
+    log.info("no %s beside %s: no retrieval drafts", DATASTORE_FILE, name)
     return None
+
+
+def _one_line(err: Exception) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 400 else text[:400] + " ..."

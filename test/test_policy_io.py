@@ -1,6 +1,9 @@
 """Loading and saving models; clear errors for bad inputs and broken checkpoints."""
 
 import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,10 +11,10 @@ from models import TINY
 
 from kerv_ros.actions import NormStats
 from kerv_ros.bench import synthetic_observations
-from kerv_ros.config import DraftConfig, EngineConfig
+from kerv_ros.config import DraftConfig, EngineConfig, ModelConfig
 from kerv_ros.decoding.drafter import EagleConfig, EagleDrafter
 from kerv_ros.decoding.engine import DecodeEngine
-from kerv_ros.loading import DRAFTER_FILE, load_policy
+from kerv_ros.loading import DRAFTER_FILE, ModelLoadError, load_models, load_policy
 from kerv_ros.policy.backend import Observation
 from kerv_ros.policy.openvla import OpenVLABackend, check_checkpoint
 from kerv_ros.policy.vla import DefaultVLA
@@ -61,7 +64,7 @@ def test_bad_format_version_is_refused(tmp_path):
         (np.zeros((32, 32, 4), np.uint8), "go", "H x W x 3"),
         (np.zeros((32, 32, 3), np.float32), "go", "uint8"),
         (np.zeros((4, 4, 3), np.uint8), "go", "too small"),
-        (np.zeros((32, 32, 3), np.uint8), "  ", "empty"),
+        (np.zeros((32, 32, 3), np.uint8), None, "must be a string"),
     ],
 )
 def test_bad_observations_are_refused(image, instruction, message):
@@ -107,7 +110,7 @@ def test_openvla_incomplete_download_names_the_shard(tmp_path):
         check_checkpoint(tmp_path / "ckpt")
 
 
-def test_openvla_needs_config_tokenizer_and_statistics(tmp_path):
+def test_openvla_needs_config_tokenizer_preprocessor_and_statistics(tmp_path):
     (tmp_path / "ckpt").mkdir()
     with pytest.raises(FileNotFoundError, match=r"config\.json"):
         check_checkpoint(tmp_path / "ckpt")
@@ -119,18 +122,35 @@ def test_openvla_needs_config_tokenizer_and_statistics(tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer"):
         check_checkpoint(tmp_path / "ckpt")
     (tmp_path / "ckpt" / "tokenizer.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="preprocessor_config"):
+        check_checkpoint(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "preprocessor_config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="statistics"):
         check_checkpoint(tmp_path / "ckpt")
 
 
-def test_openvla_remote_code_stays_off_unless_asked(tmp_path):
-    shards = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
-    write_openvla_like(tmp_path / "ckpt", shards)
-    with pytest.raises(PermissionError, match="trust_remote_code"):
-        OpenVLABackend.load(tmp_path / "ckpt")
-    # The same directory through the name users type.
-    with pytest.raises(PermissionError, match="trust_remote_code"):
-        load_policy(str(tmp_path / "ckpt"))
+def test_a_directory_of_another_kind_is_one_line_naming_it(tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text('{"model_type": "llava"}')
+    with pytest.raises(ModelLoadError, match="neither a kerv_ros policy nor|neither"):
+        load_models(ModelConfig(model=str(tmp_path / "ckpt")))
+
+
+def test_remote_code_is_only_a_fallback_the_user_turns_on(tmp_path):
+    """An OpenVLA variant the native loader does not know: refused unless trust_remote_code,
+    and then its own (here absent) code is what fails, as one line."""
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(Path(__file__).parent / "data" / "openvla_tiny" / "checkpoint", checkpoint)
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["vision_backbone_id"] = "siglip-vit-so400m"
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    options = ModelConfig(model=str(checkpoint), unnorm_key="bridge_orig")
+    with pytest.raises(ModelLoadError, match="native loader knows") as refused:
+        load_models(options)
+    with pytest.raises(ModelLoadError) as remote:
+        load_models(replace(options, trust_remote_code=True))
+    assert "native loader knows" not in str(remote.value)
+    assert "\n" not in str(refused.value) + str(remote.value)
 
 
 def test_default_model_absent_is_a_clear_error(monkeypatch, tmp_path):

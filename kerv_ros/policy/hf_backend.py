@@ -25,6 +25,23 @@ from kerv_ros.policy.backend import (
 )
 
 
+def cast_keeping_rope(module: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """Move and cast ``module`` in place, RoPE's inverse frequencies kept in float32.
+
+    transformers computes them in float32 whatever the model dtype; a plain ``.to(bfloat16)``
+    would round them and shift every position's rotation.
+    """
+    keep = {
+        name: buffer.float().clone()
+        for name, buffer in module.named_buffers()
+        if name.endswith("inv_freq")
+    }
+    module.to(device=device, dtype=dtype)
+    for name, value in keep.items():
+        owner, _, attr = name.rpartition(".")
+        setattr(module.get_submodule(owner), attr, value.to(device))
+
+
 class HFDecoderBackend(PolicyBackend):
     """Verifier plumbing over a transformers base decoder (``LlamaModel`` and kin)."""
 

@@ -37,7 +37,7 @@ from transformers import (
 
 from kerv_ros.actions import N_BINS, ActionTokenizer, NormStats
 from kerv_ros.policy.backend import Observation
-from kerv_ros.policy.hf_backend import HFDecoderBackend
+from kerv_ros.policy.hf_backend import HFDecoderBackend, cast_keeping_rope
 
 POLICY_FILE = "kerv_policy.json"
 STATE_FILE = "state_projector.safetensors"
@@ -177,6 +177,15 @@ class DefaultVLA(HFDecoderBackend):
         self.state_projector = state_projector.to(self.device) if state_projector else None
         self._init_action_head()
 
+    def to(self, device: str | torch.device, dtype: torch.dtype = torch.float32) -> DefaultVLA:
+        """The whole policy (model and state projector) on ``device`` in ``dtype``."""
+        self.device = torch.device(device)
+        cast_keeping_rope(self.model, self.device, dtype)
+        if self.state_projector is not None:
+            self.state_projector.to(device=self.device, dtype=dtype)
+        self._init_action_head()
+        return self
+
     def parameters(self):
         """Every trainable tensor: the transformers model and the state projector."""
         yield from self.model.parameters()
@@ -202,7 +211,12 @@ class DefaultVLA(HFDecoderBackend):
         return cls(model, config, norm_stats or NormStats.identity(), text_tokenizer=tokenizer)
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> DefaultVLA:
+    def load(
+        cls,
+        directory: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> DefaultVLA:
         """Load a model saved by :meth:`save`; errors name the missing or broken file."""
         directory = Path(directory)
         if not directory.is_dir():
@@ -228,7 +242,8 @@ class DefaultVLA(HFDecoderBackend):
             projector.load_state_dict(load_file(str(directory / STATE_FILE)))
         stats = NormStats.from_json(directory / STATS_FILE)
         tokenizer = Tokenizer.from_file(str(directory / TOKENIZER_FILE))
-        return cls(model, config, stats, device, projector, text_tokenizer=tokenizer)
+        backend = cls(model, config, stats, device, projector, text_tokenizer=tokenizer)
+        return backend if dtype == torch.float32 else backend.to(device, dtype)
 
     def save(self, directory: str | Path, dataset_name: str = "kerv_sim") -> None:
         """Safetensors + transformers config + our config + OpenVLA-layout statistics."""
@@ -263,7 +278,8 @@ class DefaultVLA(HFDecoderBackend):
                 [cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images]
             )
         pixels = torch.from_numpy(np.array(images, dtype=np.uint8)).to(self.device)
-        return (pixels.permute(0, 3, 1, 2).float() / 127.5) - 1.0
+        pixels = (pixels.permute(0, 3, 1, 2).float() / 127.5) - 1.0
+        return pixels.to(self.lm_head.weight.dtype)
 
     def encode(
         self, images: np.ndarray, instructions: list[str], states: np.ndarray | None
