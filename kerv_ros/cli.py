@@ -38,6 +38,58 @@ def _set_threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
 
 
+def _model_options(p: argparse.ArgumentParser, default: str | None, drafts: bool = True) -> None:
+    """The model options every subcommand that loads a policy takes, named as the node's.
+
+    ``drafts``: also --drafter and --datastore, for the subcommands that decode with them.
+    """
+    g = p.add_argument_group("model (as kerv_node's parameters of the same names)")
+    kwargs = {"default": default} if default is not None else {"required": True}
+    g.add_argument("--model", help="random | default | checkpoint directory", **kwargs)
+    if drafts:
+        g.add_argument("--drafter", default="", help="drafter .safetensors ('' = beside the model)")
+        g.add_argument(
+            "--datastore", default="", help="retrieval datastore ('' = the one beside the model)"
+        )
+    g.add_argument(
+        "--unnorm-key", default="", help="dataset statistics to un-normalise with (OpenVLA)"
+    )
+    g.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
+    g.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="",
+        help="dtype of the whole model and drafter (default: float32 on the CPU, bfloat16 on "
+        "a GPU)",
+    )
+    g.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let a checkpoint's own Python code run (only for Prismatic variants the native "
+        "OpenVLA loader does not know; published OpenVLA checkpoints never need it)",
+    )
+
+
+def _model_config(args: argparse.Namespace):
+    from kerv_ros.config import ModelConfig
+
+    return ModelConfig(
+        model=args.model,
+        drafter_path=getattr(args, "drafter", ""),
+        datastore_path=getattr(args, "datastore", ""),
+        unnorm_key=args.unnorm_key,
+        trust_remote_code=args.trust_remote_code,
+        device=args.device,
+        dtype=args.dtype,
+    )
+
+
+def _load(args: argparse.Namespace, draft: DraftConfig | None = None, seed: int = 0):
+    from kerv_ros.loading import load_models
+
+    return load_models(_model_config(args), draft=draft, seed=seed)
+
+
 def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
@@ -45,7 +97,7 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
         description="Run each mode over N observations and report forwards, accepted length, "
         "wall time and speed-up vs ar, all measured in this one run.",
     )
-    p.add_argument("--model", default="random", help="random | default | checkpoint directory")
+    _model_options(p, "random")
     p.add_argument(
         "--modes",
         default=",".join(bench.ROWS),
@@ -83,26 +135,12 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
         help="frames along the simulator experts' episodes (what the default model knows), or "
         "synthetic coloured blocks with random joint states",
     )
-    p.add_argument(
-        "--datastore",
-        default="",
-        help="retrieval datastore for heisd/hybrid ('' = the one beside the model)",
-    )
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per mode first")
-    p.add_argument("--device", default="cpu")
-    p.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="allow an OpenVLA checkpoint's own Python code to run",
-    )
-    p.add_argument("--unnorm-key", help="dataset statistics to un-normalise with (OpenVLA)")
     _threads_option(p, 1)
     p.set_defaults(func=_run_bench)
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from kerv_ros.loading import load_datastore, load_policy
-
     _set_threads(args)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     draft = DraftConfig(depth=args.depth, top_k=args.top_k, node_budget=args.node_budget)
@@ -112,15 +150,8 @@ def _run_bench(args: argparse.Namespace) -> int:
         bench.row_config(config, mode)  # refuse bad flags before loading anything
     if args.steps < 1:
         raise ValueError("--steps must be at least 1")
-    backend, drafter = load_policy(
-        args.model,
-        seed=args.seed,
-        draft=draft,
-        trust_remote_code=args.trust_remote_code,
-        unnorm_key=args.unnorm_key,
-        device=args.device,
-    )
-    datastore = load_datastore(args.model, args.datastore)
+    loaded = _load(args, draft=draft, seed=args.seed)
+    backend, drafter, datastore = loaded.backend, loaded.drafter, loaded.datastore
     if datastore is None:
         dropped = [m for m in modes if bench.row_config(config, m).mode == "heisd"]
         if dropped:
@@ -230,7 +261,7 @@ def _sim_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--task", default=tasks, help=f"task or comma list ({tasks})")
     r.add_argument("--episodes", type=int, default=3, help="episodes per task and mode")
     r.add_argument("--seed", type=int, default=1000, help="first episode seed")
-    r.add_argument("--model", default="default", help="random | default | checkpoint directory")
+    _model_options(r, "default")
     r.add_argument("--modes", default="ar", help="decode modes to run, comma list")
     r.add_argument(
         "--param",
@@ -346,7 +377,7 @@ def _run_closed_loop(args: argparse.Namespace) -> int:
         args.episodes,
         args.seed,
         args.model,
-        args.param,
+        _model_node_params(args) + args.param,
         args.expert,
         args.output / "logs",
         modes,
@@ -367,6 +398,21 @@ def _run_closed_loop(args: argparse.Namespace) -> int:
     (args.output / "results.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
     print(f"bag: {bag}\nplot: {args.output / 'demo.png'}\nresults: {args.output / 'results.json'}")
     return 0
+
+
+def _model_node_params(args: argparse.Namespace) -> list[str]:
+    """The model options other than --model as kerv_node parameters (``NAME:=VALUE``)."""
+    from dataclasses import asdict
+
+    from kerv_ros.config import ModelConfig
+
+    chosen = asdict(_model_config(args))
+    defaults = asdict(ModelConfig())
+    return [
+        f"{name}:={str(value).lower() if isinstance(value, bool) else value}"
+        for name, value in chosen.items()
+        if name != "model" and value != defaults[name]
+    ]
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
@@ -402,13 +448,13 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     pol.set_defaults(func=_run_train_policy)
     dra = train.add_parser("drafter", help="an EAGLE drafter for a policy, from bags")
     dra.add_argument("bags", nargs="+", type=Path)
-    dra.add_argument("--model", required=True, help="default | checkpoint directory")
+    _model_options(dra, None, drafts=False)
     dra.add_argument("-o", "--output", type=Path, required=True, help="drafter .safetensors")
     dra.add_argument("--epochs", type=int, default=4)
     dra.add_argument("--max-samples", type=int, default=3000)
     dra.add_argument("--seed", type=int, default=0)
     dra.add_argument("--control-rate", type=float, default=10.0)
-    dra.add_argument("--trust-remote-code", action="store_true")
+    _threads_option(dra, 0)
     dra.set_defaults(func=_run_train_drafter)
 
 
@@ -451,7 +497,6 @@ def _run_train_policy(args: argparse.Namespace) -> int:
 def _run_train_drafter(args: argparse.Namespace) -> int:
     import time
 
-    from kerv_ros.loading import load_policy
     from kerv_ros.training import (
         DrafterTraining,
         load_demonstrations,
@@ -459,8 +504,9 @@ def _run_train_drafter(args: argparse.Namespace) -> int:
         train_drafter,
     )
 
+    _set_threads(args)
     start = time.perf_counter()
-    backend, _ = load_policy(args.model, trust_remote_code=args.trust_remote_code)
+    backend = _load(args).backend
     size = getattr(getattr(backend, "config", None), "image_size", 224)
     demos = load_demonstrations(args.bags, size, args.control_rate)
     config = DrafterTraining(epochs=args.epochs, max_samples=args.max_samples, seed=args.seed)
@@ -488,7 +534,7 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("bags", nargs="*", type=Path, help="rosbag2 bags or folders of them")
     p.add_argument("--closed-loop", action="store_true", help="run the policy in the simulator")
-    p.add_argument("--model", default="default")
+    _model_options(p, "default")
     p.add_argument(
         "--modes",
         default=None,
@@ -513,11 +559,6 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
         "(r = relaxed_threshold), e.g. --sweep r=3,5,9,15: the trade-off curve",
     )
     p.add_argument("--control-rate-hz", type=float, default=10.0, help="offline: tick rate")
-    p.add_argument(
-        "--datastore",
-        default="",
-        help="retrieval datastore for heisd/hybrid ('' = the one beside the model)",
-    )
     p.add_argument("-o", "--output", type=Path, help="write results.json (and report) here")
     _threads_option(p, 1)
     p.set_defaults(func=_run_eval)
@@ -550,8 +591,6 @@ def _sweep_rows(config: EngineConfig, modes: list[str], sweep: str | None):
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from kerv_ros.loading import load_datastore, load_policy
-
     _set_threads(args)
     config = EngineConfig(relaxed_threshold=args.threshold)
     config = config_from_params(config, ENGINE_PARAMS, _engine_params(args.param))
@@ -562,8 +601,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         raise ValueError("--closed-loop runs the simulator; it takes no bags")
     if not args.closed_loop and not args.bags:
         raise ValueError("name the bags to evaluate, or pass --closed-loop")
-    backend, drafter = load_policy(args.model)
-    datastore = load_datastore(args.model, args.datastore)
+    loaded = _load(args)
+    backend, drafter, datastore = loaded.backend, loaded.drafter, loaded.datastore
     from kerv_ros.decoding.engine import DecodeEngine
 
     engine = DecodeEngine(backend, drafter, EngineConfig(mode="ar"), datastore=datastore)
@@ -686,11 +725,8 @@ def _datastore_parser(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument("bags", nargs="+", type=Path, help="bags, or folders of bags")
     b.add_argument("-o", "--output", type=Path, required=True, help="datastore .safetensors")
-    b.add_argument(
-        "--model", default="default", help="whose normalisation statistics (default | PATH)"
-    )
+    _model_options(b, "default", drafts=False)
     b.add_argument("--control-rate-hz", type=float, default=10.0)
-    b.add_argument("--unnorm-key", help="dataset statistics to normalise with (OpenVLA)")
     b.add_argument(
         "--relabel",
         action="store_true",
@@ -707,11 +743,10 @@ def _datastore_parser(sub: argparse._SubParsersAction) -> None:
 def _run_datastore_build(args: argparse.Namespace) -> int:
     import time
 
-    from kerv_ros.loading import load_policy
     from kerv_ros.retrieval import Datastore, read_bag_episodes
 
     start = time.perf_counter()
-    backend, _ = load_policy(args.model, unnorm_key=args.unnorm_key)
+    backend = _load(args).backend
     if args.relabel:
         from kerv_ros.training import greedy_episodes, load_demonstrations
 
@@ -829,7 +864,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as err:
+    except (ValueError, OSError) as err:  # ModelLoadError is a ValueError: one line
         print(f"kerv {args.command}: error: {err}", file=sys.stderr)
         return 2
 

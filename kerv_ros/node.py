@@ -284,8 +284,8 @@ class KervNode(Node):
     # --- lifecycle ------------------------------------------------------------------------
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        from kerv_ros.decoding.drafter import EagleDrafter
-        from kerv_ros.loading import load_datastore, load_policy
+        from kerv_ros.loading import load_models
+        from kerv_ros.policy.openvla import peak_rss_mib
 
         model = config_from_params(ModelConfig(), MODEL_PARAMS, self._values(MODEL_PARAMS))
         try:
@@ -293,23 +293,21 @@ class KervNode(Node):
             self._control.validate()
             if model.torch_threads > 0:
                 torch.set_num_threads(model.torch_threads)
-            backend, drafter = load_policy(
-                model.model,
-                draft=self._engine_config.draft,
-                trust_remote_code=model.trust_remote_code,
-                unnorm_key=model.unnorm_key or None,
-                device=model.device,
+            start = time.perf_counter()
+            loaded = load_models(model, draft=self._engine_config.draft)
+            backend = loaded.backend
+            self.get_logger().info(
+                f"loaded {model.model!r} ({type(backend).__name__}, "
+                f"{backend.lm_head.weight.dtype} on {backend.device}) in "
+                f"{time.perf_counter() - start:.1f} s; peak RSS {peak_rss_mib():.0f} MiB"
             )
-            if model.drafter_path:
-                drafter = EagleDrafter.load(model.drafter_path, device=model.device)
-                drafter.draft_config = self._engine_config.draft
             self._engine = DecodeEngine(
                 backend,
-                drafter,
+                loaded.drafter,
                 self._engine_config,
                 self._load_kinematics(),
                 self._control.period_s,
-                load_datastore(model.model, model.datastore_path),
+                loaded.datastore,
             )
             # One step on a blank image: lazy initialisation (allocator, kernels) happens here,
             # not in the first command the arm receives.

@@ -24,7 +24,25 @@ def test_launch_arguments_and_node():
         isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description"
         for n in tree.body
     )
-    names = {c.args[0].value for c in calls(tree, "DeclareLaunchArgument")}
+    names = {
+        c.args[0].value
+        for c in calls(tree, "DeclareLaunchArgument")
+        if c.args[0].__class__ is ast.Constant
+    }
+    model_args = next(
+        n.value
+        for n in tree.body
+        if isinstance(n, ast.Assign) and n.targets[0].id == "MODEL_ARGUMENTS"
+    )
+    assert {k.value for k in model_args.keys} == {
+        "model",
+        "drafter_path",
+        "datastore_path",
+        "unnorm_key",
+        "device",
+        "dtype",
+        "trust_remote_code",
+    }
     assert names == {
         "params_file",
         "model_path",

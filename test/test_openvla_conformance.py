@@ -62,8 +62,10 @@ def test_reproduces_openvla_tokens_actions_and_logits(backends):
             steps.append(backend.forward_tree(state, [token], [-1]).action_logits[0])
             backend.keep_path(state, [0])
         worst = max(worst, float(np.abs(torch.stack(steps).numpy() - logits[i]).max()))
-    print(f"ids equal {ids}/30, tokens equal {tokens}/30, actions equal {actions}/30, "
-          f"max action-logit difference {worst:.2e}")
+    print(
+        f"ids equal {ids}/30, tokens equal {tokens}/30, actions equal {actions}/30, "
+        f"max action-logit difference {worst:.2e}"
+    )
     assert (ids, tokens, actions) == (30, 30, 30)
     assert worst < 1e-4
 
@@ -128,7 +130,7 @@ def test_unknown_backbone_is_refused_and_names_the_way_out(tmp_path):
     config = json.loads((checkpoint / "config.json").read_text())
     config["vision_backbone_id"] = "clip-vit-l-336px"
     (checkpoint / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="clip-vit-l-336px.*dinosiglip-vit-so-224px"):
+    with pytest.raises(CheckpointError, match=r"clip-vit-l-336px.*dinosiglip-vit-so-224px"):
         OpenVLABackend.load(checkpoint, unnorm_key="bridge_orig")
 
 
@@ -164,8 +166,9 @@ def test_every_mode_runs_and_the_lossless_settings_reproduce_ar(dtype):
     observations = [_observation(e) for e in EXPECTED[:4]]
     ar_engine = DecodeEngine(backend, None, EngineConfig(mode="ar"))
     ar = [ar_engine.step(o).tokens for o in observations]
-    store = _fixture_store(backend, DecodeEngine(backend, None, EngineConfig(mode="ar")),
-                           observations)
+    store = _fixture_store(
+        backend, DecodeEngine(backend, None, EngineConfig(mode="ar")), observations
+    )
     exact_heisd = replace(HeisdConfig(), verify_skip=False, sequence_threshold=0.0)
     for mode in ("spec", "spec_relaxed", "kerv", "heisd", "hybrid"):
         lossless = EngineConfig(mode=mode, relaxed_threshold=0, kerv=EXACT_KERV, heisd=exact_heisd)

@@ -1,4 +1,4 @@
-"""A native backend for published OpenVLA checkpoints (openvla/openvla-7b and its fine-tunes).
+r"""A native backend for published OpenVLA checkpoints (openvla/openvla-7b and its fine-tunes).
 
 It reads the checkpoint directory as published (``config.json`` with OpenVLA's keys, safetensors
 weights or a sharded index, the tokenizer, ``preprocessor_config.json``, ``norm_stats`` or
@@ -10,7 +10,7 @@ weights are never imported, and ``trust_remote_code`` is not needed.
 What it computes is OpenVLA's ``predict_action`` (checked token for token and logit for logit
 against OpenVLA's own code in ``test/test_openvla_conformance.py``): each tower's PIL-bicubic
 resize and mean/std, the prompt ``In: What action should the robot take to {instruction.lower()}?
-\\nOut:`` (not stripped), BOS, the 256 projected patches, the prompt ids with 29871 appended.
+\nOut:`` (not stripped), BOS, the 256 projected patches, the prompt ids with 29871 appended.
 """
 
 from __future__ import annotations
@@ -199,8 +199,12 @@ class OpenVLABackend(HFDecoderBackend):
         params = sum(p.numel() for p in model.parameters())
         log.info(
             "OpenVLA %s: %.1f M parameters, %s on %s, loaded in %.1f s, peak RSS %.0f MiB",
-            directory, params / 1e6, str(dtype).removeprefix("torch."), device,
-            time.perf_counter() - start, peak_rss_mib(),
+            directory,
+            params / 1e6,
+            str(dtype).removeprefix("torch."),
+            device,
+            time.perf_counter() - start,
+            peak_rss_mib(),
         )
         return backend
 
@@ -224,5 +228,5 @@ class OpenVLABackend(HFDecoderBackend):
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident memory (Linux reports KiB)."""
+    """Peak resident memory of this process in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

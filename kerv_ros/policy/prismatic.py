@@ -1,5 +1,6 @@
-"""OpenVLA's network (Prismatic: two ViT towers, a fused GELU MLP projector, Llama-2) on
-transformers' own modules, and the map from a published checkpoint's tensor names onto them.
+"""OpenVLA's network on transformers' own modules, and a published checkpoint's tensors on it.
+
+Prismatic is two ViT towers, a fused GELU MLP projector and Llama-2.
 
 Why not OpenVLA's own classes: they are Python files inside the checkpoint (remote code written
 for transformers 4.40 that breaks under 5.x in five places), and they build their towers with
@@ -99,10 +100,11 @@ class CheckpointWeights:
             try:
                 handle = safe_open(str(directory / name), framework="pt", device=target)
             except Exception as err:  # safetensors raises its own error types
-                raise CheckpointError(f"{directory / name}: not a readable safetensors file ({err})")
+                raise CheckpointError(
+                    f"{directory / name}: not a readable safetensors file ({err})"
+                ) from err
             self._handles[name] = handle
-            for key in handle.keys():
-                self._where[key] = name
+            self._where.update(dict.fromkeys(handle.keys(), name))
         self.directory = directory
 
     def names(self) -> set[str]:
@@ -154,7 +156,11 @@ def tower_sizes(weights: CheckpointWeights, spec: TowerSpec, image_size: int) ->
     if (depth, width) != (spec.depth, spec.width):
         log.info(
             "%s: depth %d, width %d from the weights (published %d, %d)",
-            p.rstrip("."), depth, width, spec.depth, spec.width,
+            p.rstrip("."),
+            depth,
+            width,
+            spec.depth,
+            spec.width,
         )
     if width % spec.heads:
         raise CheckpointError(f"{p}: width {width} is not divisible by {spec.heads} heads")
@@ -261,14 +267,24 @@ def _tower_state(m: _Mapper, sizes: TowerSizes) -> dict[str, torch.Tensor]:
         # timm puts no position on the class token; a zero row does the same here.
         state["embeddings.position_embeddings"] = torch.cat([torch.zeros_like(cls), pos], dim=1)
         names = dict(
-            norm1="norm1", norm2="norm2", attn="attention", q="q_proj", k="k_proj",
-            v="v_proj", o="o_proj",
+            norm1="norm1",
+            norm2="norm2",
+            attn="attention",
+            q="q_proj",
+            k="k_proj",
+            v="v_proj",
+            o="o_proj",
         )
     else:
         state["embeddings.position_embedding.weight"] = pos[0]
         names = dict(
-            norm1="layer_norm1", norm2="layer_norm2", attn="self_attn", q="q_proj",
-            k="k_proj", v="v_proj", o="out_proj",
+            norm1="layer_norm1",
+            norm2="layer_norm2",
+            attn="self_attn",
+            q="q_proj",
+            k="k_proj",
+            v="v_proj",
+            o="out_proj",
         )
     for i in range(sizes.depth - 1):
         src, dst = f"{p}blocks.{i}.", f"layers.{i}."
@@ -297,8 +313,10 @@ def _unused(name: str, towers: list[TowerSizes]) -> bool:
 
 
 def llama_config(text_config: dict, weights: CheckpointWeights) -> LlamaConfig:
-    """The checkpoint's ``text_config`` (LlamaConfig defaults for what it omits, as OpenVLA),
-    with the sizes that are visible in the weights taken from them."""
+    """The checkpoint's ``text_config``, sizes visible in the weights taken from them.
+
+    What text_config omits takes LlamaConfig's defaults, as in OpenVLA (RMSNorm eps 1e-6).
+    """
     known = {k: v for k, v in text_config.items() if k not in ("architectures", "torch_dtype")}
     config = LlamaConfig(**known)
     vocab, hidden = weights.shape(LM_PREFIX + "embed_tokens.weight")

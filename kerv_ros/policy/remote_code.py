@@ -1,5 +1,7 @@
-"""OpenVLA through the checkpoint's own Python classes, for Prismatic variants the native loader
-does not know (another vision backbone or projector). Used only when the user turns
+"""OpenVLA through the checkpoint's own Python classes (``trust_remote_code``).
+
+For Prismatic variants the native loader does not know (another vision backbone or projector).
+Used only when the user turns
 ``trust_remote_code`` on: it imports and runs the ``.py`` files in the checkpoint directory.
 
 The published OpenVLA layout never comes here (see :mod:`kerv_ros.policy.openvla`). OpenVLA's

@@ -54,8 +54,10 @@ DEFAULT_INSTRUCTIONS = (
 
 
 def policy_prompt(instruction: str) -> str:
-    """OpenVLA's prompt template, with the instruction stripped: what the default model was
-    trained on. (OpenVLA itself does not strip; its backend uses its own prompt.)"""
+    """OpenVLA's prompt template with the instruction stripped: the default model's training.
+
+    OpenVLA itself does not strip; its backend uses its own prompt.
+    """
     return f"In: What action should the robot take to {instruction.strip().lower()}?\nOut:"
 
 
