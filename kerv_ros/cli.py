@@ -791,6 +791,36 @@ def _run_datastore_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _drafter_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("drafter", help="drafters trained elsewhere")
+    dr = p.add_subparsers(dest="drafter_command", required=True)
+    i = dr.add_parser(
+        "import",
+        help="a Spec-VLA (EAGLE-1/2 layout) drafter directory as a kerv drafter",
+        description="Read config.json and model.safetensors or pytorch_model.bin (tensors only, "
+        "torch.load(weights_only=True)) and write kerv's drafter .safetensors + .json. Put it "
+        "beside the model as drafter.safetensors, or pass it as --drafter / drafter_path.",
+    )
+    i.add_argument("source", type=Path, help="the drafter checkpoint directory")
+    i.add_argument("--model", required=True, help="the target it drafts for (its width is checked)")
+    i.add_argument("-o", "--output", type=Path, required=True, help="drafter .safetensors")
+    i.set_defaults(func=_run_drafter_import)
+
+
+def _run_drafter_import(args: argparse.Namespace) -> int:
+    from kerv_ros.decoding.drafter_import import import_specvla
+    from kerv_ros.loading import hidden_size_of
+
+    drafter = import_specvla(args.source, hidden_size_of(args.model))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    drafter.save(args.output)
+    params = sum(p.numel() for p in drafter.parameters())
+    print(
+        f"wrote {args.output} and {args.output.with_suffix('.json')}: {params / 1e6:.2f} M parameters"
+    )
+    return 0
+
+
 def _record_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "record",
@@ -851,6 +881,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _eval_parser(sub)
     _datastore_parser(sub)
+    _drafter_parser(sub)
     _record_parser(sub)
     _replay_parser(sub)
     return parser

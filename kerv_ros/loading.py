@@ -175,6 +175,23 @@ def load_datastore(name: str, path: str = "") -> Datastore | None:
     return None
 
 
+def hidden_size_of(name: str) -> int:
+    """The target's hidden width, read from its files without loading the weights."""
+    import json
+
+    from kerv_ros.policy.prismatic import LM_PREFIX, CheckpointWeights
+    from kerv_ros.policy.vla import VLAConfig
+
+    if name == "random":
+        return VLAConfig().text_hidden
+    directory = model_directory(name)
+    if (directory / POLICY_FILE).is_file():
+        meta = json.loads((directory / POLICY_FILE).read_text(encoding="utf-8"))
+        return VLAConfig(**meta["vla_config"]).text_hidden
+    weights = CheckpointWeights(directory, torch.device("cpu"))
+    return weights.shape(LM_PREFIX + "embed_tokens.weight")[1]
+
+
 def _one_line(err: Exception) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
     return text if len(text) <= 400 else text[:400] + " ..."

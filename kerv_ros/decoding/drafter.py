@@ -64,6 +64,10 @@ class EagleConfig:
     intermediate_size: int
     max_positions: int
     rope_theta: float = 10000.0
+    norms: bool = True
+    """RMSNorm before the attention and after the layer, as a Llama layer has. EAGLE-1/2 and
+    Spec-VLA's drafters have neither (their fc output goes straight into attention, the layer's
+    output straight into the lm_head); imported drafters of that layout set this False."""
 
     @classmethod
     def for_target(cls, text_config) -> EagleConfig:
@@ -104,6 +108,9 @@ class EagleDrafter(nn.Module):
         self.draft_config = draft or DraftConfig()
         self.fc = nn.Linear(2 * config.hidden_size, config.hidden_size)
         self.decoder = LlamaModel(config.llama())
+        if not config.norms:
+            self.decoder.layers[0].input_layernorm = nn.Identity()
+            self.decoder.norm = nn.Identity()
 
     def forward(
         self,
