@@ -816,7 +816,8 @@ def _run_drafter_import(args: argparse.Namespace) -> int:
     drafter.save(args.output)
     params = sum(p.numel() for p in drafter.parameters())
     print(
-        f"wrote {args.output} and {args.output.with_suffix('.json')}: {params / 1e6:.2f} M parameters"
+        f"wrote {args.output} and {args.output.with_suffix('.json')}: "
+        f"{params / 1e6:.2f} M parameters"
     )
     return 0
 

@@ -75,10 +75,8 @@ def load_models(
             unnorm_key=options.unnorm_key or None,
             device=options.device,
             dtype=options.dtype,
+            drafter_path=options.drafter_path,
         )
-        if options.drafter_path:
-            what = f"drafter {options.drafter_path}"
-            drafter = _follow(EagleDrafter.load(options.drafter_path), backend, draft)
         what = f"datastore {options.datastore_path or 'beside ' + options.model}"
         datastore = load_datastore(options.model, options.datastore_path)
     except ModelLoadError:
@@ -96,6 +94,7 @@ def load_policy(
     unnorm_key: str | None = None,
     device: str = "cpu",
     dtype: str = "",
+    drafter_path: str = "",
 ) -> tuple[PolicyBackend, EagleDrafter]:
     """``random`` (seeded, for engine work), ``default`` (shipped), or a checkpoint directory.
 
@@ -103,12 +102,15 @@ def load_policy(
     config.json says ``model_type: openvla`` is read by the native OpenVLA loader (no code from
     the directory runs). The drafter is ``drafter.safetensors`` beside the policy; without one, a
     randomly initialised drafter is used and a warning says that speculative modes will not
-    speed anything up. The drafter follows the backend's device and dtype.
+    speed anything up. ``drafter_path`` names another drafter file. The drafter follows the
+    backend's device and dtype.
     """
     torch_dtype = resolve_dtype(dtype, device)
     if name == "random":
         backend: PolicyBackend = DefaultVLA.random(seed=seed).to(device, torch_dtype)
-        return backend, _random_drafter(backend, draft, seed)
+        if not drafter_path:
+            return backend, _random_drafter(backend, draft, seed)
+        return backend, _drafter_from(Path(drafter_path), backend, draft)
     directory = model_directory(name)
     if (directory / POLICY_FILE).is_file():
         backend = DefaultVLA.load(directory, device=device, dtype=torch_dtype)
@@ -119,9 +121,11 @@ def load_policy(
             f"{directory} is neither a kerv_ros policy ({POLICY_FILE}) nor an OpenVLA checkpoint "
             "(config.json with model_type 'openvla')"
         )
-    drafter_path = directory / DRAFTER_FILE
-    if drafter_path.is_file():
-        return backend, _follow(EagleDrafter.load(drafter_path), backend, draft)
+    beside = directory / DRAFTER_FILE
+    if drafter_path or beside.is_file():
+        return backend, _drafter_from(
+            Path(drafter_path) if drafter_path else beside, backend, draft
+        )
     log.warning("no %s in %s: using an untrained drafter", DRAFTER_FILE, directory)
     return backend, _random_drafter(backend, draft, seed)
 
@@ -143,6 +147,19 @@ def _load_openvla(
     from kerv_ros.policy.remote_code import RemoteCodeOpenVLA
 
     return RemoteCodeOpenVLA.load(directory, unnorm_key=unnorm_key, device=device, dtype=dtype)
+
+
+def _drafter_from(path: Path, backend: PolicyBackend, draft: DraftConfig | None) -> EagleDrafter:
+    try:
+        drafter = EagleDrafter.load(path)
+    except Exception as err:  # one line naming the file, never a traceback
+        raise ModelLoadError(f"cannot load drafter {path}: {_one_line(err)}") from err
+    if drafter.config.hidden_size != backend.hidden_size:
+        raise ModelLoadError(
+            f"cannot load drafter {path}: width {drafter.config.hidden_size}, the model's is "
+            f"{backend.hidden_size}"
+        )
+    return _follow(drafter, backend, draft)
 
 
 def _follow(drafter: EagleDrafter, backend: PolicyBackend, draft: DraftConfig | None):

@@ -20,7 +20,7 @@ from kerv_ros.loading import load_policy
 from kerv_ros.policy.backend import Observation
 
 CHECKPOINT = Path(__file__).parent / "data" / "openvla_tiny" / "checkpoint"
-H, I, HEADS = 64, 172, 4  # the fixture checkpoint's Llama
+H, MLP, HEADS = 64, 172, 4  # the fixture checkpoint's Llama
 
 
 def write_specvla(directory: Path, seed: int = 0, **config_changes) -> dict[str, torch.Tensor]:
@@ -37,9 +37,9 @@ def write_specvla(directory: Path, seed: int = 0, **config_changes) -> dict[str,
         "layers.0.self_attn.k_proj.weight": rand(H, H),
         "layers.0.self_attn.v_proj.weight": rand(H, H),
         "layers.0.self_attn.o_proj.weight": rand(H, H),
-        "layers.0.mlp.gate_proj.weight": rand(I, H),
-        "layers.0.mlp.up_proj.weight": rand(I, H),
-        "layers.0.mlp.down_proj.weight": rand(H, I),
+        "layers.0.mlp.gate_proj.weight": rand(MLP, H),
+        "layers.0.mlp.up_proj.weight": rand(MLP, H),
+        "layers.0.mlp.down_proj.weight": rand(H, MLP),
         "layers.0.post_attention_layernorm.weight": 1 + rand(H),
     }
     directory.mkdir(parents=True, exist_ok=True)
@@ -47,7 +47,7 @@ def write_specvla(directory: Path, seed: int = 0, **config_changes) -> dict[str,
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "hidden_size": H,
-        "intermediate_size": I,
+        "intermediate_size": MLP,
         "num_attention_heads": HEADS,
         "num_key_value_heads": HEADS,
         "num_hidden_layers": 1,
@@ -122,7 +122,7 @@ def test_missing_tensor_and_pickled_code_are_refused(tmp_path):
     tensors = write_specvla(tmp_path / "a")
     del tensors["fc.bias"]
     torch.save(tensors, tmp_path / "a" / "pytorch_model.bin")
-    with pytest.raises(ValueError, match="fc.bias"):
+    with pytest.raises(ValueError, match=r"fc\.bias"):
         import_specvla(tmp_path / "a", target_hidden=H)
     write_specvla(tmp_path / "b")
     torch.save({"fc.weight": torch.zeros(1), "hook": print}, tmp_path / "b" / "pytorch_model.bin")

@@ -63,8 +63,10 @@ def read_tensors(directory: Path) -> dict[str, torch.Tensor]:
 def import_specvla(
     directory: str | Path, target_hidden: int, draft: DraftConfig | None = None
 ) -> EagleDrafter:
-    """A Spec-VLA / EAGLE-1/2 drafter directory as a kerv_ros drafter for a target of
-    ``target_hidden`` width; errors name the file or tensor that does not fit."""
+    """A Spec-VLA / EAGLE-1/2 drafter directory as a kerv_ros drafter.
+
+    ``target_hidden`` is the target's width; errors name the file or tensor that does not fit.
+    """
     directory = Path(directory)
     config_path = directory / "config.json"
     if not config_path.is_file():
