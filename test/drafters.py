@@ -46,7 +46,7 @@ class ScriptedDrafter:
         self.first = first
         self.last = last
 
-    def start(self, backend, state):
+    def start(self, backend, state, draft=None):
         self.first = backend.action_tokenizer.first_token
         self.last = backend.action_tokenizer.vocab_size - 1
         return _Session(self, self.truth_of())

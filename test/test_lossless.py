@@ -103,3 +103,45 @@ def test_relaxed_threshold_accepts_near_misses(model):
     assert result.sources[1] == TokenSource.DRAFTER
     assert abs(result.tokens[1] - ar_tokens[2][1]) == 2
     assert result.threshold == 2
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"depth": 1}, {"top_k": 1}, {"node_budget": 2}],
+    ids=["draft_depth", "draft_top_k", "draft_node_budget"],
+)
+def test_each_draft_setting_changes_the_next_step(model, change):
+    """The engine's draft settings (the node's draft_* parameters) shape the very next tree."""
+    from dataclasses import replace
+
+    backend, observations, ar_tokens = model
+    drafter = EagleDrafter(EagleConfig.for_target(backend.text_config)).eval()
+    engine = DecodeEngine(backend, drafter, EngineConfig(mode="spec"))
+    before, before_trees = _step_with_tree_sizes(engine, observations[0])
+    base = engine.config
+    engine.configure(replace(base, draft=replace(base.draft, **change)))
+    after, after_trees = _step_with_tree_sizes(engine, observations[0])
+    assert after.tokens == before.tokens == ar_tokens[0]
+    if "depth" in change:  # one drafter forward per tree level: one per verify at depth 1
+        assert after.draft_forwards == len(after.accepted_lengths) < before.draft_forwards
+        assert max(after_trees) <= 1 + base.draft.top_k < max(before_trees)
+    elif "top_k" in change:  # a chain of at most depth nodes below the root
+        assert max(after_trees) <= 1 + base.draft.depth < max(before_trees)
+    else:
+        assert max(after_trees) <= 1 + 2 < max(before_trees)
+
+
+def _step_with_tree_sizes(engine, observation):
+    """One step, and the size of every tree the verifier ran over (root + draft nodes)."""
+    sizes = []
+    forward_tree = engine.backend.forward_tree
+
+    def counting(state, tokens, parents):
+        sizes.append(len(tokens))
+        return forward_tree(state, tokens, parents)
+
+    engine.backend.forward_tree = counting
+    try:
+        return engine.step(observation), sizes
+    finally:
+        del engine.backend.forward_tree

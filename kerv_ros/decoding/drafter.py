@@ -51,8 +51,10 @@ class DraftSession(Protocol):
 
 
 class Drafter(Protocol):
-    def start(self, backend: PolicyBackend, state: PrefillState) -> DraftSession:
-        """Begin drafting for a freshly prefilled observation."""
+    def start(
+        self, backend: PolicyBackend, state: PrefillState, draft: DraftConfig
+    ) -> DraftSession:
+        """Begin drafting for a freshly prefilled observation, trees of shape ``draft``."""
 
 
 @dataclass(frozen=True)
@@ -131,8 +133,12 @@ class EagleDrafter(nn.Module):
         )
         return out.last_hidden_state
 
-    def start(self, backend: PolicyBackend, state: PrefillState) -> EagleSession:
-        return EagleSession(self, backend, state)
+    def start(
+        self, backend: PolicyBackend, state: PrefillState, draft: DraftConfig | None = None
+    ) -> EagleSession:
+        """A session drafting trees of shape ``draft`` (the engine's, set live by the node's
+        draft_* parameters); ``draft_config`` is the shape the drafter was saved with."""
+        return EagleSession(self, backend, state, draft or self.draft_config)
 
     def save(self, path: str | Path) -> None:
         """``FILE.safetensors`` plus ``FILE.json`` (sizes and default tree shape)."""
@@ -175,8 +181,15 @@ class EagleSession:
 
     source = TokenSource.DRAFTER
 
-    def __init__(self, drafter: EagleDrafter, backend: PolicyBackend, state: PrefillState) -> None:
+    def __init__(
+        self,
+        drafter: EagleDrafter,
+        backend: PolicyBackend,
+        state: PrefillState,
+        draft: DraftConfig,
+    ) -> None:
         self.drafter = drafter
+        self.draft_config = draft
         self.backend = backend
         self.cache = DynamicCache(config=drafter.decoder.config)
         self.length = 0
@@ -204,7 +217,7 @@ class EagleSession:
 
     @torch.inference_mode()
     def draft(self, tokens: list[int], max_depth: int) -> DraftTree:
-        config = self.drafter.draft_config
+        config = self.draft_config
         depth_limit = min(config.depth, max_depth)
         root_embed = self.backend.embed_tokens(torch.tensor([tokens[-1]]))
         features = torch.cat([self.pending_features, self.last_feature[None]])

@@ -321,7 +321,7 @@ class DecodeEngine:
             if familiar and len(retrieval.first):
                 return retrieval
         with clock.phase("draft"):
-            session = self.drafter.start(self.backend, state)
+            session = self.drafter.start(self.backend, state, config.draft)
         if config.mode == "hybrid" and retrieval is not None:
             return _MergedSession(session, retrieval)
         return session
