@@ -85,7 +85,7 @@ def test_yaml_repeats_the_dataclass_defaults():
     import yaml
 
     path = Path(__file__).resolve().parents[1] / "config" / "kerv.yaml"
-    params = yaml.safe_load(path.read_text())["kerv_node"]["ros__parameters"]
+    params = yaml.safe_load(path.read_text())["/**"]["ros__parameters"]
     expected = {
         **params_of(EngineConfig(), ENGINE_PARAMS),
         **params_of(ControlConfig(), CONTROL_PARAMS),
@@ -122,3 +122,14 @@ def test_flat_parameters_round_trip_and_validate():
 def test_control_values_are_refused(change, reason):
     with pytest.raises(ValueError, match=reason):
         config_from_params(ControlConfig(), CONTROL_PARAMS, change).validate()
+
+
+@pytest.mark.parametrize("node", ["/kerv_node", "/robot1/kerv_node", "/arm/left/kerv_node"])
+def test_yaml_applies_to_the_node_in_any_namespace(node):
+    """The wildcard key ROS documents (``/**``): a namespaced launch still reads the file."""
+    from rclpy.parameter import parameter_dict_from_yaml_file
+
+    path = Path(__file__).resolve().parents[1] / "config" / "kerv.yaml"
+    params = parameter_dict_from_yaml_file(str(path), use_wildcard=True, target_nodes=[node])
+    assert params["mode"].value.string_value == EngineConfig().mode
+    assert len(params) == len(ENGINE_PARAMS) + len(CONTROL_PARAMS) + len(MODEL_PARAMS) + 1
