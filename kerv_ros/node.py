@@ -8,9 +8,11 @@ answers with either a command from fresh, valid inputs or a zero twist and the r
 
 QoS: camera and joint states are subscribed with sensor-data QoS at depth 1 (best effort,
 keep last 1), so a slow step never works through a backlog: the next tick takes the newest
-sample. The instruction is latched (reliable, transient local, depth 1) so a node started after
-the instruction was published still gets it. Commands are reliable, depth 1: an old command is
-worth nothing once a newer one exists.
+sample. The instruction is read by two subscriptions: a transient-local one, so a node started
+after a latched instruction was published still gets it, and a volatile one, so a plain
+publisher (``ros2 topic pub`` without ``--qos-durability``) is not refused as incompatible; a
+latched message that arrives on both is taken once. Commands are reliable, depth 1: an old
+command is worth nothing once a newer one exists.
 
 Threads: the model runs in a thread of its own that the control timer only wakes; every ROS
 callback (subscriptions, services, timers) is short and runs in one executor thread, so none of
@@ -46,6 +48,7 @@ from rcl_interfaces.msg import (
     ParameterDescriptor,
     SetParametersResult,
 )
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleState, Node, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -159,7 +162,13 @@ class KervNode(Node):
         self._model_thread: threading.Thread | None = None
         self.create_subscription(Image, "/camera/image_raw", self._on_image, SENSOR_QOS)
         self.create_subscription(JointState, "/joint_states", self._on_joints, SENSOR_QOS)
-        self.create_subscription(String, "~/instruction", self._on_instruction, LATCHED_QOS)
+        # A volatile publisher is incompatible with the latched subscription by design (the
+        # volatile one serves it): no warning for that pairing.
+        quiet = SubscriptionEventCallbacks(incompatible_qos=lambda _event: None)
+        self.create_subscription(
+            String, "~/instruction", self._on_instruction, LATCHED_QOS, event_callbacks=quiet
+        )
+        self.create_subscription(String, "~/instruction", self._on_instruction, COMMAND_QOS)
         self._twist_pub = self.create_publisher(TwistStamped, "~/delta_twist_cmds", COMMAND_QOS)
         self._gripper_pub = self.create_publisher(Float64, "~/gripper_command", COMMAND_QOS)
         self._stats_pub = self.create_publisher(DecodeStats, "~/decode_stats", 10)
@@ -383,8 +392,10 @@ class KervNode(Node):
 
     def _on_instruction(self, msg: String) -> None:
         with self._lock:
+            changed = msg.data != self._instruction
             self._instruction = msg.data
-        self.get_logger().info(f"instruction: {msg.data!r}")
+        if changed:  # a latched message reaches both subscriptions
+            self.get_logger().info(f"instruction: {msg.data!r}")
 
     def _fresh_inputs(self) -> tuple[Observation, ros_io.JointSample]:
         """Newest image, joints and instruction, or InputError saying what is wrong."""

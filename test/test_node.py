@@ -17,6 +17,7 @@ from lifecycle_msgs.msg import Transition
 from ros_probe import Probe, as_array, diag_status, good_image, good_joints, is_zero, start_node
 from ros_probe import stop_node as stop
 from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
 
 from kerv_ros.config import PANDA_ARM_JOINTS
 
@@ -65,6 +66,24 @@ def test_no_instruction_holds_then_commands(node):
     stats = commanding(node.probe)
     assert stats.mode == "hybrid"
     assert "no instruction" in log_text(node.log)
+
+
+def test_a_plain_volatile_publisher_delivers_the_instruction(node):
+    """What ``ros2 topic pub -1 /kerv_node/instruction std_msgs/String ...`` offers: volatile."""
+    publisher = node.probe.node.create_publisher(String, "/kerv_node/instruction", 10)
+    try:
+        deadline = time.monotonic() + 10
+        while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert publisher.get_subscription_count() >= 1, "QoS incompatible: no subscription"
+        publisher.publish(String(data="push the green block to the left"))
+        deadline = time.monotonic() + 10
+        while "push the green block to the left" not in log_text(node.log):
+            assert time.monotonic() < deadline, "instruction never arrived"
+            time.sleep(0.05)
+    finally:
+        node.probe.node.destroy_publisher(publisher)
+        node.probe.instruct("pick up the red cube")
 
 
 def test_commands_from_a_feeder_process(node):

@@ -136,8 +136,11 @@ class EagleDrafter(nn.Module):
     def start(
         self, backend: PolicyBackend, state: PrefillState, draft: DraftConfig | None = None
     ) -> EagleSession:
-        """A session drafting trees of shape ``draft`` (the engine's, set live by the node's
-        draft_* parameters); ``draft_config`` is the shape the drafter was saved with."""
+        """A session drafting trees of shape ``draft``.
+
+        That is the engine's (set live by the node's draft_* parameters); ``draft_config`` is
+        only the shape the drafter was saved with, used when none is given.
+        """
         return EagleSession(self, backend, state, draft or self.draft_config)
 
     def save(self, path: str | Path) -> None:
