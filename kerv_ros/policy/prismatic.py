@@ -248,6 +248,13 @@ class _Mapper:
         module.load_state_dict(state, strict=True, assign=True)
 
 
+BLOCK_NAMES = {
+    # transformers' names for the parts of timm's ``blocks.i`` (norm1, attn.qkv/proj, norm2).
+    "dinov2": dict(norm1="norm1", norm2="norm2", attn="attention", o="o_proj"),
+    "siglip": dict(norm1="layer_norm1", norm2="layer_norm2", attn="self_attn", o="out_proj"),
+}
+
+
 def _tower_state(m: _Mapper, sizes: TowerSizes) -> dict[str, torch.Tensor]:
     p = sizes.spec.prefix
     state: dict[str, torch.Tensor] = {}
@@ -266,34 +273,17 @@ def _tower_state(m: _Mapper, sizes: TowerSizes) -> dict[str, torch.Tensor]:
         state["embeddings.mask_token"] = torch.zeros_like(cls[0])  # masking is never used
         # timm puts no position on the class token; a zero row does the same here.
         state["embeddings.position_embeddings"] = torch.cat([torch.zeros_like(cls), pos], dim=1)
-        names = dict(
-            norm1="norm1",
-            norm2="norm2",
-            attn="attention",
-            q="q_proj",
-            k="k_proj",
-            v="v_proj",
-            o="o_proj",
-        )
     else:
         state["embeddings.position_embedding.weight"] = pos[0]
-        names = dict(
-            norm1="layer_norm1",
-            norm2="layer_norm2",
-            attn="self_attn",
-            q="q_proj",
-            k="k_proj",
-            v="v_proj",
-            o="out_proj",
-        )
+    names = BLOCK_NAMES[sizes.spec.family]
     for i in range(sizes.depth - 1):
         src, dst = f"{p}blocks.{i}.", f"layers.{i}."
         for part in ("weight", "bias"):
             state[f"{dst}{names['norm1']}.{part}"] = m.take(f"{src}norm1.{part}")
             state[f"{dst}{names['norm2']}.{part}"] = m.take(f"{src}norm2.{part}")
             q, k, v = m.take(f"{src}attn.qkv.{part}").chunk(3, dim=0)
-            for key, tensor in (("q", q), ("k", k), ("v", v)):
-                state[f"{dst}{names['attn']}.{names[key]}.{part}"] = tensor.contiguous()
+            for key, tensor in (("q_proj", q), ("k_proj", k), ("v_proj", v)):
+                state[f"{dst}{names['attn']}.{key}.{part}"] = tensor.contiguous()
             state[f"{dst}{names['attn']}.{names['o']}.{part}"] = m.take(f"{src}attn.proj.{part}")
             state[f"{dst}mlp.fc1.{part}"] = m.take(f"{src}mlp.fc1.{part}")
             state[f"{dst}mlp.fc2.{part}"] = m.take(f"{src}mlp.fc2.{part}")
