@@ -28,6 +28,10 @@ MOTION_MODES = ("kerv", "heisd", "hybrid")
 
 PANDA_ARM_JOINTS = tuple(f"panda_joint{i}" for i in range(1, 8))
 PANDA_EE_FRAME = "panda_grasptarget"
+MAX_INSTRUCTION_CHARS = 512
+"""Longest instruction taken (topic or parameter). OpenVLA-style prompts are a sentence; the
+prompt's tokens join the image patches in every prefill, so a long text makes every step slower
+(10,000 characters were measured at 3.2 s a step). Longer ones are refused with the reason."""
 """Between the Panda's fingertips: the point the simulator moves and the policy aims at."""
 
 
@@ -214,7 +218,13 @@ class ControlConfig:
         if not self.command_frame.strip():
             out.append("command_frame is empty")
         if not self.joint_names or len(set(self.joint_names)) != len(self.joint_names):
-            out.append(f"joint_names must be distinct and not empty: {list(self.joint_names)}")
+            shown = list(self.joint_names[:8]) + (["..."] if len(self.joint_names) > 8 else [])
+            out.append(f"joint_names must be distinct and not empty: {shown}")
+        if len(self.instruction) > MAX_INSTRUCTION_CHARS:
+            out.append(
+                f"instruction of {len(self.instruction)} characters refused "
+                f"(at most {MAX_INSTRUCTION_CHARS})"
+            )
         return out
 
     def validate(self) -> ControlConfig:

@@ -80,8 +80,61 @@ class ArmKinematics:
         self.joint_names = tuple(joint_names)
         self._q_index = np.array([joint.idx_q for joint in joints])
         self._v_index = np.array([joint.idx_v for joint in joints])
+        # The single-axis joints from the root to the end-effector frame, base first: the
+        # joints that move it, in the order a policy's joint state is read.
+        supports = self.model.supports[self.model.frames[self.ee_frame].parentJoint]
+        self.chain = tuple(
+            self.model.names[j] for j in supports[1:] if self.model.joints[j].nq == 1
+        )
+        self.lower = self.model.lowerPositionLimit[self._q_index].copy()
+        self.upper = self.model.upperPositionLimit[self._q_index].copy()
+        self.velocity_limit = self.model.velocityLimit[self._v_index].copy()
         self._q = pin.neutral(self.model)
         self.urdf = path
+
+    def limit_problem(
+        self,
+        positions: np.ndarray,
+        velocities: np.ndarray | None,
+        margin_rad: float = 0.1,
+        velocity_factor: float = 1.5,
+    ) -> str:
+        """Why a reading is outside the URDF's limits ('' when it is inside).
+
+        Positions may exceed the joint limits by ``margin_rad`` (encoders and controllers
+        overshoot a little), velocities the URDF's limit by ``velocity_factor``; beyond that the
+        reading is not one this arm can be in. Joints the URDF leaves unlimited are not checked.
+        """
+        positions = np.asarray(positions, dtype=np.float64)
+        bounded = np.isfinite(self.lower) & np.isfinite(self.upper) & (self.upper > self.lower)
+        outside = bounded & (
+            (positions < self.lower - margin_rad) | (positions > self.upper + margin_rad)
+        )
+        if outside.any():
+            return "joint positions outside the URDF limits: " + _name_some(
+                [
+                    f"{n}={p:.4g} (limits {lo:.3g}..{hi:.3g})"
+                    for n, p, lo, hi, bad in zip(
+                        self.joint_names, positions, self.lower, self.upper, outside, strict=True
+                    )
+                    if bad
+                ]
+            )
+        if velocities is not None:
+            velocities = np.asarray(velocities, dtype=np.float64)
+            limit = self.velocity_limit * velocity_factor
+            fast = (limit > 0) & (np.abs(velocities) > limit)
+            if fast.any():
+                return "joint velocities over the URDF limits: " + _name_some(
+                    [
+                        f"{n}={v:.4g} (limit {lim:.3g})"
+                        for n, v, lim, bad in zip(
+                            self.joint_names, velocities, self.velocity_limit, fast, strict=True
+                        )
+                        if bad
+                    ]
+                )
+        return ""
 
     def _configuration(self, positions: np.ndarray) -> np.ndarray:
         positions = np.asarray(positions, dtype=np.float64)
@@ -113,6 +166,11 @@ class ArmKinematics:
         if velocities.shape != (len(self.joint_names),) or not np.all(np.isfinite(velocities)):
             raise ValueError(f"joint velocities must be {len(self.joint_names)} finite values")
         return self.jacobian(positions) @ velocities
+
+
+def _name_some(items: list[str], shown: int = 3) -> str:
+    more = len(items) - shown
+    return ", ".join(items[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 class TwistEstimator:

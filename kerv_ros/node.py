@@ -31,6 +31,7 @@ clock being synchronised.
 from __future__ import annotations
 
 import array
+import re
 import signal
 import threading
 import time
@@ -85,6 +86,8 @@ COMMAND_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE
 )
 WINDOW = 200  # steps kept for the diagnostics' percentiles
+OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
+STALL_PERIODS = 3  # no tick finished for this many control periods while active: an ERROR
 
 
 @dataclass
@@ -94,6 +97,33 @@ class _Latest:
     msg: object = None
     received: float = 0.0
     count: int = 0
+    problem: str = ""  # found in the callback: the next tick holds with it, not the last good
+
+
+class _CauseThrottle:
+    """Rate-limits log lines by cause: a reason with its numbers blanked out (an age, a count).
+
+    The first line of a cause goes out at once; then at most one per ``period_s``, saying how
+    many were held back since, so a stale stream at the control rate is one line per second.
+    """
+
+    def __init__(self, period_s: float, causes: int = 64) -> None:
+        self.period_s = period_s
+        self.causes = causes
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def admit(self, reason: str) -> str:
+        """The line to log now, or '' when this cause was logged less than a period ago."""
+        cause = re.sub(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?", "#", reason)
+        now = time.monotonic()
+        last, held = self._seen.get(cause, (-1e9, 0))
+        if now - last < self.period_s:
+            self._seen[cause] = (last, held + 1)
+            return ""
+        if len(self._seen) >= self.causes and cause not in self._seen:
+            self._seen.pop(next(iter(self._seen)))
+        self._seen[cause] = (now, 0)
+        return f"{reason} ({held} more like it in the last {now - last:.1f} s)" if held else reason
 
 
 @dataclass
@@ -102,6 +132,7 @@ class _Health:
 
     steps: int = 0
     holds: int = 0
+    watchdog_zeros: int = 0  # zero twists sent by the timer while a step overran
     overruns: int = 0
     step_ms: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
     overhead_ms: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
@@ -150,16 +181,29 @@ class KervNode(Node):
         self._engine_config, self._control = self._configs_from_parameters()
         self._requested_engine, self._requested_control = self._engine_config, self._control
         self._instruction = self._control.instruction
+        self._instruction_problem = ""
         self._image = _Latest()
         self._joints = _Latest()
         self._health = _Health()
-        self._rates_since = (time.monotonic(), 0, 0, 0)
+        self._rates_since = (time.monotonic(), 0, 0, 0, 0)
         self._normalised_gripper = True
-        self._last_hold_log = 0.0
+        self._hold_log = _CauseThrottle(1.0)
         self._kinematics_note = "not loaded"
+        self._kinematics = None  # ArmKinematics of the configured joints, when loaded
+        self._joint_rule: ros_io.JointRule | None = (
+            None  # what joint_names must be, once configured
+        )
 
-        self._tick = threading.Event()  # set by the control timer, consumed by the model thread
+        # One model thread for the node's whole life (started at the first activate): the
+        # control timer only wakes it. A transition never waits for a step in progress; a step
+        # that outlives its activation or its inputs' freshness is never published.
+        self._tick = threading.Event()
         self._model_thread: threading.Thread | None = None
+        self._closing = False
+        self._generation = 0  # counts activations: a step publishes only in its own
+        self._busy_since: float | None = None  # monotonic start of the step in progress
+        self._last_tick_done = time.monotonic()
+        self._active_since = 0.0
         self.create_subscription(Image, "/camera/image_raw", self._on_image, SENSOR_QOS)
         self.create_subscription(JointState, "/joint_states", self._on_joints, SENSOR_QOS)
         # A volatile publisher is incompatible with the latched subscription by design (the
@@ -235,9 +279,10 @@ class KervNode(Node):
             # Once configured, the engine also knows what it lacks (a datastore for heisd).
             engine_now = self._engine
             reasons = engine_now.problems(requested) if engine_now else requested.problems()
-            reasons += config_from_params(
-                self._requested_control, CONTROL_PARAMS, control
-            ).problems()
+            requested_control = config_from_params(self._requested_control, CONTROL_PARAMS, control)
+            reasons += requested_control.problems()
+            if self._joint_rule is not None and "joint_names" in control:
+                reasons += self._joint_rule.problems(requested_control.joint_names)
         if reasons:
             self.get_logger().warning("parameter change refused: " + "; ".join(reasons))
         return SetParametersResult(successful=not reasons, reason="; ".join(reasons))
@@ -254,13 +299,16 @@ class KervNode(Node):
             )
             if "instruction" in control:
                 self._instruction = control["instruction"]
+                self._instruction_problem = ""
 
     def _adopt_requested(self) -> None:
         with self._lock:
             engine, control = self._requested_engine, self._requested_control
         if engine != self._engine_config and self._engine is not None:
             self._engine.configure(engine)
-            self.get_logger().info(f"decoding settings now {engine}")
+            self.get_logger().info(
+                f"decoding settings changed: {_changes(self._engine_config, engine)}"
+            )
         self._engine_config = engine
         if control.control_rate_hz != self._control.control_rate_hz and self._control_timer:
             self._control_timer.timer_period_ns = int(control.period_s * 1e9)
@@ -286,8 +334,10 @@ class KervNode(Node):
         except Exception as err:  # a robot description that fails must not stop the arm
             self._kinematics_note = f"kinematics unavailable: {type(err).__name__}: {err}"
             self.get_logger().warning(f"{self._kinematics_note}; kerv uses executed actions only")
+            self._kinematics = None
             return None
         self._kinematics_note = f"{kinematics.urdf.name}, frame {model.ee_frame}"
+        self._kinematics = kinematics
         return kinematics
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -297,6 +347,8 @@ class KervNode(Node):
         from kerv_ros.policy.openvla import peak_rss_mib
 
         model = config_from_params(ModelConfig(), MODEL_PARAMS, self._values(MODEL_PARAMS))
+        with self._lock:  # what `ros2 param get` says now is what configure uses
+            self._engine_config, self._control = self._requested_engine, self._requested_control
         try:
             self._engine_config.validate()
             self._control.validate()
@@ -310,23 +362,30 @@ class KervNode(Node):
                 f"{backend.lm_head.weight.dtype} on {backend.device}) in "
                 f"{time.perf_counter() - start:.1f} s; peak RSS {peak_rss_mib():.0f} MiB"
             )
+            kinematics = self._load_kinematics()
+            rule = ros_io.JointRule(
+                kinematics.chain if kinematics is not None else None, backend.state_dim
+            )
+            ros_io.raise_problems(rule.problems(self._control.joint_names))
             self._engine = DecodeEngine(
                 backend,
                 loaded.drafter,
                 self._engine_config,
-                self._load_kinematics(),
+                kinematics,
                 self._control.period_s,
                 loaded.datastore,
             )
+            self._joint_rule = rule
             # One step on a blank image: lazy initialisation (allocator, kernels) happens here,
             # not in the first command the arm receives.
             blank = np.full((64, 64, 3), 128, np.uint8)
             joints = np.zeros(len(self._control.joint_names))
             self._engine.step(Observation(blank, "warm up", joints))
         except Exception as err:  # a model that fails to load must not take the node down
+            self._engine = None
             reason = f"configure failed: {type(err).__name__}: {err}"
             self.get_logger().error(reason)
-            self._set_error(reason, DiagnosticStatus.ERROR)
+            self._set_error(reason, ERROR)
             return TransitionCallbackReturn.FAILURE
         self._normalised_gripper = not bool(np.asarray(backend.norm_stats.mask)[6])
         store = self._engine.datastore
@@ -334,16 +393,17 @@ class KervNode(Node):
             f"configured: model {model.model!r}, mode {self._engine_config.mode}, "
             f"datastore {f'{len(store)} steps' if store is not None else 'none'}"
         )
-        self._set_error("", DiagnosticStatus.OK)
+        self._set_error("", OK)
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._ensure_model_thread()
         with self._command_lock:
             self._active = True
+            self._generation += 1
+        self._active_since = self._last_tick_done = time.monotonic()
         self._tick.clear()
-        self._model_thread = threading.Thread(target=self._model_loop, name="kerv_model")
-        self._model_thread.start()
-        self._control_timer = self.create_timer(self._control.period_s, self._tick.set)
+        self._control_timer = self.create_timer(self._control.period_s, self._on_control_timer)
         self.get_logger().info(f"active: commanding at {self._control.control_rate_hz} Hz")
         return TransitionCallbackReturn.SUCCESS
 
@@ -353,6 +413,7 @@ class KervNode(Node):
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._engine = None
+        self._joint_rule = None
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -365,7 +426,11 @@ class KervNode(Node):
         return TransitionCallbackReturn.SUCCESS
 
     def stop(self, why: str) -> None:
-        """Stop commanding: no step publishes after this, and the arm gets one zero twist."""
+        """Stop commanding at once: one zero twist, and no step publishes after this.
+
+        It does not wait for a step in progress: that step belongs to an ended activation and
+        is dropped when it finishes.
+        """
         if self._control_timer is not None:
             self.destroy_timer(self._control_timer)
             self._control_timer = None
@@ -373,45 +438,75 @@ class KervNode(Node):
             was_active = self._active
             self._active = False
             self._twist_pub.publish(self._twist(np.zeros(3), np.zeros(3)))
-        if self._model_thread is not None:
-            self._tick.set()  # wake the model thread so it sees it must stop
-            self._model_thread.join(timeout=30.0)
-            self._model_thread = None
+        self._health.note = ""
         if was_active:
             self.get_logger().info(f"{why}: zero twist sent, commanding stopped")
+
+    def close(self) -> None:
+        """End the model thread (it exits after the step in progress, if any)."""
+        self._closing = True
+        self._tick.set()
+
+    def _ensure_model_thread(self) -> None:
+        if self._model_thread is None or not self._model_thread.is_alive():
+            self._model_thread = threading.Thread(
+                target=self._model_loop, name="kerv_model", daemon=True
+            )
+            self._model_thread.start()
 
     # --- inputs ---------------------------------------------------------------------------
 
     def _on_image(self, msg: Image) -> None:
+        problem = ros_io.quick_image_problem(msg)  # size-independent: a bad frame is seen now
         with self._lock:
-            self._image = _Latest(msg, time.monotonic(), self._image.count + 1)
+            self._image = _Latest(msg, time.monotonic(), self._image.count + 1, problem)
 
     def _on_joints(self, msg: JointState) -> None:
+        problem = ros_io.quick_joints_problem(msg)
         with self._lock:
-            self._joints = _Latest(msg, time.monotonic(), self._joints.count + 1)
+            self._joints = _Latest(msg, time.monotonic(), self._joints.count + 1, problem)
 
     def _on_instruction(self, msg: String) -> None:
+        problem = ros_io.instruction_problem(msg.data)
         with self._lock:
-            changed = msg.data != self._instruction
-            self._instruction = msg.data
-        if changed:  # a latched message reaches both subscriptions
+            changed = msg.data != self._instruction or problem != self._instruction_problem
+            self._instruction = "" if problem else msg.data
+            self._instruction_problem = problem
+        if problem:
+            self.get_logger().error(problem)
+        elif changed:  # a latched message reaches both subscriptions
             self.get_logger().info(f"instruction: {msg.data!r}")
 
-    def _fresh_inputs(self) -> tuple[Observation, ros_io.JointSample]:
-        """Newest image, joints and instruction, or InputError saying what is wrong."""
+    def _fresh_inputs(self) -> tuple[Observation, ros_io.JointSample, float]:
+        """Newest image, joints and instruction, and when the older of the two arrived.
+
+        Raises InputError saying what is wrong instead.
+        """
         with self._lock:
             image, joints, instruction = self._image, self._joints, self._instruction
+            instruction_problem = self._instruction_problem
         now = time.monotonic()
         limit = self._control.stale_timeout_s
         for name, latest in (("camera image", image), ("joint_states", joints)):
             if latest.msg is None:
                 raise ros_io.StaleInputError(f"no {name} received yet")
+            if latest.problem:
+                raise ros_io.InputError(latest.problem)
             age = now - latest.received
             if age > limit:
                 raise ros_io.StaleInputError(f"{name} is {age:.2f} s old (stale_timeout_s {limit})")
+        if instruction_problem:
+            raise ros_io.InputError(instruction_problem)
         if not instruction.strip():
             raise ros_io.StaleInputError("no instruction (topic ~/instruction or parameter)")
         sample = ros_io.joint_sample(joints.msg, self._control.joint_names)
+        kinematics = self._kinematics
+        if kinematics is not None and kinematics.joint_names == self._control.joint_names:
+            problem = kinematics.limit_problem(sample.positions, sample.velocities)
+        else:  # no robot description: still refuse what no arm can read
+            problem = ros_io.generic_limit_problem(sample.positions, sample.velocities)
+        if problem:
+            raise ros_io.InputError(problem)
         rgb = ros_io.image_to_rgb(image.msg)
         # The reading's own stamp times finite differences; drivers that leave it zero get
         # the time it arrived.
@@ -419,39 +514,81 @@ class KervNode(Node):
         observation = Observation(
             rgb, instruction, sample.positions, sample.velocities, stamp=stamp
         )
-        return observation, sample
+        return observation, sample, min(image.received, joints.received)
 
     # --- the control loop -----------------------------------------------------------------
 
     def _model_loop(self) -> None:
-        """The model thread: one control step per timer tick while active."""
-        while self._active:
+        """The model thread: one control step per timer tick while active, for the node's life.
+
+        Whatever a step raises is a zero twist with the reason, never the end of the thread.
+        """
+        while not self._closing:
             if not self._tick.wait(timeout=0.5):
                 continue
             self._tick.clear()
-            if self._active:
-                self._control_tick()
+            if not self._active or self._closing:
+                continue
+            generation = self._generation
+            self._busy_since = time.monotonic()
+            try:
+                self._control_tick(generation)
+            except Exception as err:  # the arm must get a zero and the loop go on
+                self._hold(f"control step failed: {type(err).__name__}: {err}", ERROR)
+            finally:
+                self._busy_since = None
+                self._last_tick_done = time.monotonic()
 
-    def _control_tick(self) -> None:
+    def _on_control_timer(self) -> None:
+        """Executor side of the control loop: wake the model thread, or stop the arm itself.
+
+        While a step runs longer than ``stale_timeout_s`` (its inputs are stale by then), zero
+        twists go out from here at the control rate; a dead model thread is an ERROR with zero
+        twists too. Otherwise the model thread takes the tick.
+        """
+        if self._model_thread is None or not self._model_thread.is_alive():
+            self._watchdog_hold("model thread is not running: restart the node", ERROR)
+            return
+        busy = self._busy_since
+        if busy is None:
+            self._tick.set()
+            return
+        running = time.monotonic() - busy
+        if running > self._control.stale_timeout_s:
+            self._watchdog_hold(
+                f"step running for {running:.2f} s (over stale_timeout_s "
+                f"{self._control.stale_timeout_s}): holding until it ends",
+                WARN,
+            )
+
+    def _watchdog_hold(self, reason: str, level: bytes) -> None:
+        with self._command_lock:
+            if self._active:
+                self._twist_pub.publish(self._twist(np.zeros(3), np.zeros(3)))
+        self._health.watchdog_zeros += 1
+        self._log_hold(reason)
+        self._set_error(reason, level)
+
+    def _control_tick(self, generation: int) -> None:
         if self._engine is None:
             return
         start = time.perf_counter()
         self._adopt_requested()
         try:
-            observation, joints = self._fresh_inputs()
+            observation, joints, received = self._fresh_inputs()
         except ros_io.StaleInputError as err:
-            self._hold(str(err), DiagnosticStatus.WARN)
+            self._hold(str(err), WARN)
             return
         except ros_io.InputError as err:
-            self._hold(str(err), DiagnosticStatus.ERROR)
+            self._hold(str(err), ERROR)
             return
         except ValueError as err:  # Observation's own checks (image too small, ...)
-            self._hold(f"bad observation: {err}", DiagnosticStatus.ERROR)
+            self._hold(f"bad observation: {err}", ERROR)
             return
         try:
             result = self._engine.step(observation)
         except Exception as err:  # decoding must never take the node down
-            self._hold(f"decode failed: {type(err).__name__}: {err}", DiagnosticStatus.ERROR)
+            self._hold(f"decode failed: {type(err).__name__}: {err}", ERROR)
             return
         linear, angular = ros_io.action_to_twist(
             result.raw_action,
@@ -459,12 +596,26 @@ class KervNode(Node):
             self._control.max_linear_speed,
             self._control.max_angular_speed,
         )
+        stale = ""
         with self._command_lock:
-            if not self._active:
-                return
-            self._twist_pub.publish(self._twist(linear, angular))
-            gripper = ros_io.gripper_opening(result.raw_action, self._normalised_gripper)
-            self._gripper_pub.publish(Float64(data=gripper))
+            if not self._active or generation != self._generation:
+                return  # computed in an activation that has ended: never published
+            age = time.monotonic() - received
+            if age > self._control.stale_timeout_s:
+                stale = (
+                    f"step took {age:.2f} s: its inputs are older than stale_timeout_s "
+                    f"{self._control.stale_timeout_s}, command dropped"
+                )
+                self._twist_pub.publish(self._twist(np.zeros(3), np.zeros(3)))
+            else:
+                self._twist_pub.publish(self._twist(linear, angular))
+                gripper = ros_io.gripper_opening(result.raw_action, self._normalised_gripper)
+                self._gripper_pub.publish(Float64(data=gripper))
+        if stale:
+            self._health.holds += 1
+            self._log_hold(stale)
+            self._set_error(stale, WARN)
+            return
         self._stats_pub.publish(self._stats(result))
         elapsed_ms = (time.perf_counter() - start) * 1e3
         health = self._health
@@ -475,7 +626,7 @@ class KervNode(Node):
             health.overruns += 1
         health.note = joints.velocity_note
         health.twist_source = result.twist_source
-        self._set_error("", DiagnosticStatus.OK)
+        self._set_error("", OK)
 
     def _hold(self, reason: str, level: bytes) -> None:
         """Zero twist and the reason, instead of a command from bad or old data."""
@@ -483,12 +634,14 @@ class KervNode(Node):
             if self._active:
                 self._twist_pub.publish(self._twist(np.zeros(3), np.zeros(3)))
         self._health.holds += 1
-        now = time.monotonic()
-        # Once per second for a persisting reason, at once for a new one.
-        if reason != self._health.current or now - self._last_hold_log > 1.0:
-            self.get_logger().warning(f"zero twist: {reason}")
-            self._last_hold_log = now
+        self._log_hold(reason)
         self._set_error(reason, level)
+
+    def _log_hold(self, reason: str) -> None:
+        """One line per cause per second at most, with how many were not logged meanwhile."""
+        line = self._hold_log.admit(reason)
+        if line:
+            self.get_logger().warning(f"zero twist: {line}")
 
     def _set_error(self, reason: str, level: bytes) -> None:
         if reason:
@@ -525,31 +678,56 @@ class KervNode(Node):
 
     # --- diagnostics ----------------------------------------------------------------------
 
+    def _stall(self, now: float, tick_rate: float, span: float) -> str:
+        """Why the control loop is not keeping up while active ('' when it is)."""
+        if not self._active or now - self._active_since < 2.0:
+            return ""
+        if self._model_thread is None or not self._model_thread.is_alive():
+            return "model thread is not running: nothing is decoded (zero twists sent)"
+        period = self._control.period_s
+        busy = self._busy_since
+        if busy is not None and now - busy > STALL_PERIODS * period:
+            return f"control loop stalled: a step has run for {now - busy:.2f} s"
+        idle = now - self._last_tick_done
+        if busy is None and idle > STALL_PERIODS * period:
+            return f"control loop stalled: no tick for {idle:.2f} s"
+        rate = self._control.control_rate_hz
+        if span >= 0.9 and tick_rate < 0.5 * rate:
+            return f"control loop at {tick_rate:.2f} Hz, far below control_rate_hz {rate}"
+        return ""
+
     def _publish_diagnostics(self) -> None:
         now = time.monotonic()
         health = self._health
-        since, steps0, images0, joints0 = self._rates_since
+        since, steps0, ticks0, images0, joints0 = self._rates_since
         span = max(now - since, 1e-6)
         with self._lock:
             image, joints = self._image, self._joints
-        self._rates_since = (now, health.steps, image.count, joints.count)
+            mode = self._requested_engine.mode  # what `ros2 param get` says and the next step uses
+        ticks = health.steps + health.holds
+        self._rates_since = (now, health.steps, ticks, image.count, joints.count)
         step_ms = np.array(health.step_ms) if health.step_ms else np.zeros(1)
         overhead = np.array(health.overhead_ms) if health.overhead_ms else np.zeros(1)
         state = self._state_machine.current_state[1]
         current = health.current
-        level = health.error_level if current else DiagnosticStatus.OK
-        if level == DiagnosticStatus.OK and health.note:
-            level = DiagnosticStatus.WARN
+        level = health.error_level if current else OK
+        if level == OK and health.note:
+            level = WARN
+        stall = self._stall(now, (ticks - ticks0) / span, span)
+        if stall:
+            level, current = ERROR, stall
         status = DiagnosticStatus(
             level=level,
             name="kerv_node: decoding",
             hardware_id=self.get_fully_qualified_name(),
-            message=current or health.note or f"{state}, {self._engine_config.mode}",
+            message=_bounded(current or health.note or f"{state}, {mode}"),
         )
         values = {
             "state": state,
-            "mode": self._engine_config.mode,
+            "mode": mode,
             "step_rate_hz": f"{(health.steps - steps0) / span:.2f}",
+            "tick_rate_hz": f"{(ticks - ticks0) / span:.2f}",
+            "watchdog_zero_twists": str(health.watchdog_zeros),
             "image_rate_hz": f"{(image.count - images0) / span:.2f}",
             "joint_rate_hz": f"{(joints.count - joints0) / span:.2f}",
             "image_age_s": f"{now - image.received:.3f}" if image.msg else "never",
@@ -562,14 +740,25 @@ class KervNode(Node):
             "step_ms_p99": f"{np.percentile(step_ms, 99):.2f}",
             "node_overhead_ms_p50": f"{np.percentile(overhead, 50):.2f}",
             "node_overhead_ms_p99": f"{np.percentile(overhead, 99):.2f}",
-            "last_error": health.last_error,
+            "last_error": _bounded(health.last_error),
             "kinematics": self._kinematics_note,
             "twist_source": health.twist_source,
         }
-        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        status.values = [KeyValue(key=k, value=_bounded(v)) for k, v in values.items()]
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self._diag_pub.publish(array)
+
+
+def _bounded(text: str, limit: int = 400) -> str:
+    """Diagnostics stay small whatever an input held: long reasons are cut, with a count."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more chars)"
+
+
+def _changes(old: EngineConfig, new: EngineConfig) -> str:
+    """``name old -> new`` for each parameter that differs (not the whole configuration)."""
+    before, after = params_of(old, ENGINE_PARAMS), params_of(new, ENGINE_PARAMS)
+    return ", ".join(f"{k} {before[k]!r} -> {after[k]!r}" for k in after if after[k] != before[k])
 
 
 def _interrupt(signum, frame) -> None:
@@ -581,20 +770,33 @@ def main(args: list[str] | None = None) -> None:
 
     rclpy's own signal handlers would shut the context down before the node could publish its
     last zero twist, so SIGINT and SIGTERM are turned into KeyboardInterrupt here instead, and
-    the node stops the arm before rclpy shuts down.
+    the node stops the arm before rclpy shuts down. Nothing that arrives ends the process: an
+    exception out of a callback (rclpy's own parameter service raises on a request with an
+    unknown parameter type) is logged and spinning goes on. The exit does not wait for a model
+    step in progress (the model thread is a daemon).
     """
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     signal.signal(signal.SIGTERM, _interrupt)
     node = KervNode()
     executor = SingleThreadedExecutor()
     executor.add_node(node)
+    throttle = _CauseThrottle(1.0)
     try:
-        executor.spin()
+        while rclpy.ok():
+            try:
+                executor.spin_once(timeout_sec=0.1)
+            except (KeyboardInterrupt, ExternalShutdownException):
+                raise
+            except Exception as err:  # a request or message must never end the node
+                line = throttle.admit(f"{type(err).__name__} in a callback: {err}")
+                if line:
+                    node.get_logger().error(f"refused: {line}")
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         if rclpy.ok():
             node.stop("interrupted")
+        node.close()
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()

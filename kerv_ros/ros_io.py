@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from kerv_ros.config import MAX_INSTRUCTION_CHARS
+
 CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 TO_RGB = {
     "bgr8": cv2.COLOR_BGR2RGB,
@@ -19,6 +21,110 @@ TO_RGB = {
     "bgra8": cv2.COLOR_BGRA2RGB,
     "mono8": cv2.COLOR_GRAY2RGB,
 }
+
+
+MAX_JOINTS = 256
+"""More names than any arm's JointState carries: refused at once, whatever their content."""
+
+
+def name_some(items, shown: int = 5) -> str:
+    """A few items and a count of the rest: reasons stay short whatever the message held."""
+    items = list(items)
+    head = ", ".join(repr(i) if isinstance(i, str) else str(i) for i in items[:shown])
+    more = len(items) - shown
+    return f"[{head}{f', ... and {more} more' if more > 0 else ''}]"
+
+
+def instruction_problem(text: str) -> str:
+    """Why an instruction is refused ('' when it is taken)."""
+    if len(text) > MAX_INSTRUCTION_CHARS:
+        return (
+            f"instruction of {len(text)} characters refused (at most {MAX_INSTRUCTION_CHARS}): "
+            f"{text[:40]!r}..."
+        )
+    return ""
+
+
+def quick_image_problem(msg) -> str:
+    """Checks of an Image that cost the same whatever its size (done in the callback)."""
+    if msg.encoding not in CHANNELS:
+        return (
+            f"image encoding {msg.encoding[:32]!r} not supported (use one of {', '.join(CHANNELS)})"
+        )
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height <= 0 or width <= 0:
+        return f"image has no pixels ({width}x{height})"
+    if step < width * CHANNELS[msg.encoding]:
+        return f"image step {step} < width {width} x {CHANNELS[msg.encoding]} bytes per pixel"
+    if len(msg.data) != step * height:
+        return (
+            f"image data has {len(msg.data)} bytes, expected step {step} x height {height} = "
+            f"{step * height}"
+        )
+    return ""
+
+
+def quick_joints_problem(msg) -> str:
+    """Checks of a JointState that cost the same whatever its size (done in the callback)."""
+    names, positions, velocities = len(msg.name), len(msg.position), len(msg.velocity)
+    if names > MAX_JOINTS:
+        return f"joint_states has {names} joints (at most {MAX_JOINTS} are read)"
+    if positions != names:
+        return f"joint_states has {names} names but {positions} positions"
+    if velocities not in (0, names):
+        return f"joint_states has {names} names but {velocities} velocities"
+    return ""
+
+
+GENERIC_POSITION_LIMIT = 4 * np.pi
+GENERIC_VELOCITY_LIMIT = 20.0
+
+
+def generic_limit_problem(positions: np.ndarray, velocities: np.ndarray | None) -> str:
+    """Why a reading is no arm's, without a robot description ('' when it may be one).
+
+    Positions beyond two turns or velocities beyond 20 rad/s; the URDF's own limits are checked
+    instead when the kinematics are loaded.
+    """
+    if np.any(np.abs(positions) > GENERIC_POSITION_LIMIT):
+        shown = name_some(positions.tolist())
+        return f"joint positions beyond {GENERIC_POSITION_LIMIT:.1f} rad: {shown}"
+    if velocities is not None and np.any(np.abs(velocities) > GENERIC_VELOCITY_LIMIT):
+        shown = name_some(velocities.tolist())
+        return f"joint velocities beyond {GENERIC_VELOCITY_LIMIT} rad/s: {shown}"
+    return ""
+
+
+@dataclass(frozen=True)
+class JointRule:
+    """What ``joint_names`` must be for the loaded policy and arm.
+
+    ``chain``: the URDF's joints from the base to the end-effector frame, in that order (the
+    kinematics' and the policy's joint state order), or None when no kinematics are loaded;
+    ``state_dim``: how many joint positions the policy reads (0: it reads none).
+    """
+
+    chain: tuple[str, ...] | None
+    state_dim: int
+
+    def problems(self, joint_names: tuple[str, ...]) -> list[str]:
+        out = []
+        if self.state_dim and len(joint_names) != self.state_dim:
+            out.append(
+                f"joint_names has {len(joint_names)} names, the policy reads {self.state_dim} "
+                "joint positions"
+            )
+        if self.chain is not None and tuple(joint_names) != self.chain:
+            out.append(
+                f"joint_names must be the arm's joints from base to end effector, in the URDF's "
+                f"order {list(self.chain)}; got {name_some(joint_names)}"
+            )
+        return out
+
+
+def raise_problems(problems: list[str]) -> None:
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 class InputError(ValueError):
@@ -35,24 +141,14 @@ def image_to_rgb(msg) -> np.ndarray:
     Handles rgb8, bgr8, rgba8, bgra8 and mono8 (8-bit encodings, so ``is_bigendian`` does not
     matter); anything else is refused rather than guessed.
     """
-    if msg.encoding not in CHANNELS:
-        raise InputError(
-            f"image encoding {msg.encoding!r} not supported (use one of {', '.join(CHANNELS)})"
-        )
+    problem = quick_image_problem(msg)
+    if problem:
+        raise InputError(problem)
     channels = CHANNELS[msg.encoding]
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if height <= 0 or width <= 0:
-        raise InputError(f"image has no pixels ({width}x{height})")
-    if step < width * channels:
-        raise InputError(f"image step {step} < width {width} x {channels} bytes per pixel")
     data = np.frombuffer(
         bytes(msg.data) if not isinstance(msg.data, bytes) else msg.data, dtype=np.uint8
     )
-    if data.size != step * height:
-        raise InputError(
-            f"image data has {data.size} bytes, expected step {step} x height {height} = "
-            f"{step * height}"
-        )
     rows = data.reshape(height, step)[:, : width * channels]
     pixels = rows.reshape(height, width, channels)
     if msg.encoding == "rgb8":
@@ -94,21 +190,20 @@ def joint_sample(msg, joint_names: tuple[str, ...]) -> JointSample:
     absent or not finite are reported in ``velocity_note`` (the Kalman filter then falls back to
     finite differences), never silently replaced by zeros.
     """
+    problem = quick_joints_problem(msg)
+    if problem:
+        raise InputError(problem)
     names = list(msg.name)
     positions = np.asarray(msg.position, dtype=np.float64)
     velocities = np.asarray(msg.velocity, dtype=np.float64)
-    if len(positions) != len(names):
-        raise InputError(f"joint_states has {len(names)} names but {len(positions)} positions")
-    if len(velocities) not in (0, len(names)):
-        raise InputError(f"joint_states has {len(names)} names but {len(velocities)} velocities")
     index = {name: i for i, name in enumerate(names)}
     missing = [name for name in joint_names if name not in index]
     if missing:
-        raise InputError(f"joint_states lacks joints {missing} (has {names})")
+        raise InputError(f"joint_states lacks joints {name_some(missing)} (has {name_some(names)})")
     order = [index[name] for name in joint_names]
     arm_positions = positions[order]
     if not np.all(np.isfinite(arm_positions)):
-        raise InputError(f"joint_states positions not finite: {arm_positions.tolist()}")
+        raise InputError(f"joint_states positions not finite: {name_some(arm_positions.tolist())}")
     if len(velocities) == 0:
         return JointSample(arm_positions, None, "no joint velocities in joint_states")
     arm_velocities = velocities[order]

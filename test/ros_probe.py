@@ -29,6 +29,7 @@ from kerv_ros import processes
 from kerv_ros.bench import synthetic_observations
 from kerv_ros.config import PANDA_ARM_JOINTS
 from kerv_ros.ros_io import rgb_to_image_fields
+from kerv_ros.sim.world import HOME
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_SCRIPT = Path(sys.executable).parent / "kerv-node"
@@ -65,9 +66,7 @@ def good_image(width=640, height=480) -> Image:
 
 def good_joints() -> JointState:
     names = [*PANDA_ARM_JOINTS, "panda_finger_joint1"]
-    return JointState(
-        name=names, position=[0.1 * i for i in range(8)], velocity=[0.01] * 8, effort=[]
-    )
+    return JointState(name=names, position=[*HOME, 0.02], velocity=[0.01] * 8, effort=[])
 
 
 class Probe:

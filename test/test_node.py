@@ -20,6 +20,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
 from kerv_ros.config import PANDA_ARM_JOINTS
+from kerv_ros.sim.world import HOME
 
 HERE = Path(__file__).resolve().parent
 RATE = 5.0
@@ -323,4 +324,4 @@ def test_joint_names_config_any_order():
     msg.name = list(reversed(msg.name))
     msg.position = list(reversed(msg.position))
     sample = joint_sample(msg, PANDA_ARM_JOINTS)
-    np.testing.assert_allclose(sample.positions, [0.1 * i for i in range(7)])
+    np.testing.assert_allclose(sample.positions, HOME)

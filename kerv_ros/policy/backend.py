@@ -108,6 +108,8 @@ class PolicyBackend(ABC):
     norm_stats: NormStats
     hidden_size: int
     device: torch.device
+    state_dim: int = 0
+    """Joint positions the policy reads beside the image (0: none, as OpenVLA)."""
 
     @abstractmethod
     def prefill(self, observation: Observation) -> PrefillState:

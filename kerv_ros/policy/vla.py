@@ -179,6 +179,10 @@ class DefaultVLA(HFDecoderBackend):
         self.state_projector = state_projector.to(self.device) if state_projector else None
         self._init_action_head()
 
+    @property
+    def state_dim(self) -> int:
+        return self.config.state_dim
+
     def to(self, device: str | torch.device, dtype: torch.dtype = torch.float32) -> DefaultVLA:
         """The whole policy (model and state projector) on ``device`` in ``dtype``."""
         self.device = torch.device(device)
