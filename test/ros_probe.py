@@ -167,6 +167,8 @@ class Probe:
             pv.type, pv.integer_value = ParameterType.PARAMETER_INTEGER, value
         elif isinstance(value, float):
             pv.type, pv.double_value = ParameterType.PARAMETER_DOUBLE, value
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            pv.type, pv.string_array_value = ParameterType.PARAMETER_STRING_ARRAY, value
         elif isinstance(value, list):
             pv.type, pv.double_array_value = ParameterType.PARAMETER_DOUBLE_ARRAY, value
         else:

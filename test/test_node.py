@@ -87,6 +87,29 @@ def test_a_plain_volatile_publisher_delivers_the_instruction(node):
         node.probe.instruct("pick up the red cube")
 
 
+def test_a_request_with_an_undefined_parameter_type_does_not_end_the_process(node):
+    """rclpy's parameter service raises on type codes 10, 11, 42, 255: the node spins on."""
+    from rcl_interfaces.msg import Parameter as ParameterMsg
+    from rcl_interfaces.msg import ParameterValue
+    from rcl_interfaces.srv import SetParameters, SetParametersAtomically
+
+    plain = node.probe.node.create_client(SetParameters, "/kerv_node/set_parameters")
+    atomic = node.probe.node.create_client(
+        SetParametersAtomically, "/kerv_node/set_parameters_atomically"
+    )
+    assert plain.wait_for_service(timeout_sec=10) and atomic.wait_for_service(timeout_sec=10)
+    for code in (10, 11, 42, 255):
+        for name in ("relaxed_threshold", "not_declared"):
+            bad = [ParameterMsg(name=name, value=ParameterValue(type=code))]
+            plain.call_async(SetParameters.Request(parameters=bad))
+            atomic.call_async(SetParametersAtomically.Request(parameters=bad))
+    time.sleep(1.0)
+    assert node.proc.poll() is None, "the node process ended"
+    assert node.probe.set_param("relaxed_threshold", 9).successful
+    commanding(node.probe)
+    assert "refused: ValueError in a callback" in log_text(node.log)
+
+
 def test_commands_from_a_feeder_process(node):
     node.probe.feeding = False
     feeder = subprocess.Popen([sys.executable, str(HERE / "feeder.py"), "kerv_node", "8", "10"])
