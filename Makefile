@@ -12,7 +12,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kerv-stamp
 SETUP_INPUTS := requirements.txt setup.py setup.cfg package.xml CMakeLists.txt $(wildcard msg/*.msg) \
-	tools/build_msgs.sh tools/fix_wheel_cmake.sh
+	tools/build_msgs.sh tools/fix_wheel_cmake.sh tools/install_ros_layout.sh \
+	$(wildcard launch/*.py config/*)
+# The upstream ROS 2 command-line tools (ros2 launch/param/lifecycle/topic/run) as wheels, from
+# the workspace's shared bundle; without it the tests that drive the real `ros2` say they did
+# not run. A real ROS 2 install's `ros2` on the PATH is used instead when there is one.
+ROS2CLI_BUNDLE ?= $(firstword $(wildcard $(CURDIR)/../shared/ros2cli /work/shared/ros2cli))
 
 # DDS stays on this machine for everything started from here: loopback discovery, the
 # loopback-only Fast DDS profile, no static peers, and a domain id of this run (kerv_ros/loopback.py
@@ -45,6 +50,9 @@ $(STAMP): $(SETUP_INPUTS)
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps --no-build-isolation \
 		--config-settings editable_mode=compat -e .
 	tools/build_msgs.sh $(VENV)
+	@if [ -n "$(ROS2CLI_BUNDLE)" ]; then bash $(ROS2CLI_BUNDLE)/install.sh $(VENV); \
+	else echo "*** no ros2cli bundle (ROS2CLI_BUNDLE): the real-CLI tests will not run ***"; fi
+	tools/install_ros_layout.sh $(VENV)
 	@touch $@
 
 demo: venv

@@ -83,10 +83,13 @@ class KalmanConfig:
 class KervConfig:
     """KERV (mode ``kerv``): kinematic dynamic threshold and Kalman compensation.
 
-    The threshold for a step is ``r = r_min + (r_max - r_min) * exp(-v)`` with the kinematic
-    variability ``v = w_speed * |m| + w_accel * |m - m_prev| + w_innovation * sqrt(nis)`` (m: the
-    measured end-effector motion in action units, nis: the filter's mean normalised innovation
-    squared), and ``r = r_min`` for ``gripper_window`` steps after the gripper command changes.
+    The threshold for a step is ``r = lo + (hi - lo) * exp(-v)``, ``lo`` and ``hi`` the smaller
+    and the larger of ``r_min`` and ``r_max`` (the two ends of the range, in either order: a
+    non-atomic ``ros2 param load`` that moves both works whichever it sets first), with the
+    kinematic variability ``v = w_speed * |m| + w_accel * |m - m_prev| + w_innovation *
+    sqrt(nis)`` (m: the measured end-effector motion in action units, nis: the filter's mean
+    normalised innovation squared), and ``r = lo`` for ``gripper_window`` steps after the
+    gripper command changes.
     Slow, steady motion gets a wide threshold; fast or changing motion, a surprise to the filter
     or a grasp gets a narrow one.
     """
@@ -95,6 +98,15 @@ class KervConfig:
     """Off: the fixed ``relaxed_threshold`` (ablation)."""
     r_min: int = 5
     r_max: int = 15
+
+    @property
+    def narrowest(self) -> int:
+        return min(self.r_min, self.r_max)
+
+    @property
+    def widest(self) -> int:
+        return max(self.r_min, self.r_max)
+
     w_speed: float = 0.5
     w_accel: float = 2.0
     w_innovation: float = 0.5
@@ -171,8 +183,6 @@ class EngineConfig:
     def problems(self) -> list[str]:
         """Reasons this configuration cannot be used; empty when it is valid."""
         out = problems(self, ENGINE_PARAMS)
-        if self.kerv.r_min > self.kerv.r_max:
-            out.append(f"kerv_r_min {self.kerv.r_min} is above kerv_r_max {self.kerv.r_max}")
         weights = self.heisd.sequence_weights
         if len(weights) != 7 or not all(0.0 <= w <= 100.0 for w in weights):
             out.append(f"heisd_sequence_weights must be 7 values in 0..100, got {list(weights)}")

@@ -152,10 +152,10 @@ class MotionTracker:
         )
         gripper_event = self._since_gripper_change < config.gripper_window
         if gripper_event:
-            threshold = config.r_min
+            threshold = config.narrowest
         else:
-            span = config.r_max - config.r_min
-            threshold = round(config.r_min + span * float(np.exp(-variability)))
+            span = config.widest - config.narrowest
+            threshold = round(config.narrowest + span * float(np.exp(-variability)))
         return MotionPrior(
             mean=self.filter.mean,
             std=self.filter.std,

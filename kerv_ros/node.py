@@ -776,6 +776,8 @@ def main(args: list[str] | None = None) -> None:
     step in progress (the model thread is a daemon).
     """
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    # SIGINT too: a shell starts background jobs with SIGINT ignored, and Ctrl-C must still work.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     node = KervNode()
     executor = SingleThreadedExecutor()

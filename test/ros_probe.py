@@ -72,11 +72,15 @@ def good_joints() -> JointState:
 class Probe:
     """Feeds inputs at ``rate_hz`` (what to feed can be swapped) and records the outputs."""
 
-    def __init__(self, node_name: str = "kerv_node", rate_hz: float = 10.0) -> None:
+    def __init__(
+        self, node_name: str = "kerv_node", rate_hz: float = 10.0, namespace: str = ""
+    ) -> None:
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
-        self.node = rclpy.create_node(f"kerv_probe_{node_name}", context=self.context)
-        self.node_name = node_name
+        self.node = rclpy.create_node(
+            f"kerv_probe_{namespace}_{node_name}".replace("__", "_"), context=self.context
+        )
+        self.node_name = f"{namespace}/{node_name}" if namespace else node_name
         n = self.node
         self.image_pub = n.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
         self.joint_pub = n.create_publisher(JointState, "/joint_states", qos_profile_sensor_data)

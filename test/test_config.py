@@ -34,7 +34,7 @@ from kerv_ros.policy.vla import DefaultVLA
         (EngineConfig(draft=DraftConfig(depth=0)), "depth 0"),
         (EngineConfig(draft=DraftConfig(top_k=0)), "top_k 0"),
         (EngineConfig(draft=DraftConfig(node_budget=0)), "node_budget 0"),
-        (EngineConfig(kerv=KervConfig(r_min=10, r_max=5)), "kerv_r_min 10 is above kerv_r_max 5"),
+        (EngineConfig(kerv=KervConfig(r_min=256)), "kerv_r_min 256"),
         (EngineConfig(kerv=KervConfig(compensation_every=0)), "kerv_compensation_every 0"),
         (EngineConfig(kerv=KervConfig(w_accel=-1.0)), "kerv_w_accel -1.0"),
         (
@@ -133,3 +133,16 @@ def test_yaml_applies_to_the_node_in_any_namespace(node):
     params = parameter_dict_from_yaml_file(str(path), use_wildcard=True, target_nodes=[node])
     assert params["mode"].value.string_value == EngineConfig().mode
     assert len(params) == len(ENGINE_PARAMS) + len(CONTROL_PARAMS) + len(MODEL_PARAMS) + 1
+
+
+def test_the_kerv_threshold_range_takes_its_ends_in_either_order():
+    """So a non-atomic parameter load that moves both ends works whichever it sets first."""
+    assert EngineConfig(kerv=KervConfig(r_min=16, r_max=15)).problems() == []
+    assert (KervConfig(r_min=16, r_max=25).narrowest, KervConfig(r_min=16, r_max=25).widest) == (
+        16,
+        25,
+    )
+    assert (KervConfig(r_min=25, r_max=16).narrowest, KervConfig(r_min=25, r_max=16).widest) == (
+        16,
+        25,
+    )

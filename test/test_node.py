@@ -154,7 +154,7 @@ def test_parameter_change_applies_next_step(node):
         ("draft_depth", 9, "draft_depth"),
         ("control_rate_hz", -1.0, "control_rate_hz"),
         ("model", "/elsewhere", "read-only"),
-        ("kerv_r_min", 40, "kerv_r_min 40 is above kerv_r_max 15"),
+        ("kerv_r_max", 256, "kerv_r_max"),
         ("kalman_model", "jerk", "unknown kalman_model"),
         ("urdf", "/elsewhere.urdf", "read-only"),
         ("mode", "heisd", "needs a retrieval datastore"),

@@ -370,8 +370,8 @@ class DecodeEngine:
         heisd = config.heisd
         if config.mode in RETRIEVAL_MODES and heisd.acceptance == "sequence":
             tolerance = heisd.sequence_threshold
-            if config.mode == "hybrid" and config.kerv.dynamic_threshold and config.kerv.r_max:
-                tolerance *= threshold / config.kerv.r_max
+            if config.mode == "hybrid" and config.kerv.dynamic_threshold and config.kerv.widest:
+                tolerance *= threshold / config.kerv.widest
             return SequenceAcceptance(tolerance, heisd.sequence_weights, start)
         return TokenAcceptance(int(threshold))
 
