@@ -858,13 +858,26 @@ def _replay_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", type=float, default=1.0, help="time factor (2 = twice as fast)")
     p.add_argument("--loop", action="store_true", help="start over at the end, until Ctrl-C")
     p.add_argument("--start", type=float, default=0.0, help="seconds into the bag to start at")
+    p.add_argument(
+        "--keep-stamps",
+        action="store_true",
+        help="publish the recorded header stamps (default: stamped now, as live sensors; a "
+        "node fed recorded stamps needs stamp_tolerance_s:=0)",
+    )
     p.set_defaults(func=_run_replay)
 
 
 def _run_replay(args: argparse.Namespace) -> int:
     from kerv_ros.recording import replay
 
-    sent = replay(args.bag, _topics(args.topics), args.rate, args.loop, args.start)
+    sent = replay(
+        args.bag,
+        _topics(args.topics),
+        args.rate,
+        args.loop,
+        args.start,
+        restamp=not args.keep_stamps,
+    )
     print(f"replayed {sent} messages from {args.bag}")
     return 0
 

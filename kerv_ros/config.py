@@ -211,6 +211,11 @@ class ControlConfig:
 
     control_rate_hz: float = 10.0
     stale_timeout_s: float = 0.5
+    stamp_tolerance_s: float = 1.0
+    """Camera and joint_states header stamps must be within this of the node's clock (s):
+    MoveIt Servo judges staleness by header stamp too. 0 = by arrival time only."""
+    hold: bool = False
+    """True: zero twists at once and for as long as it stays set, without leaving active."""
     max_linear_speed: float = 0.25
     """m/s, limit on the norm of the commanded linear velocity."""
     max_angular_speed: float = 1.0
@@ -450,6 +455,15 @@ CONTROL_PARAMS = (
         0.01,
         10.0,
     ),
+    Param(
+        "stamp_tolerance_s",
+        ("stamp_tolerance_s",),
+        "input header stamps further than this from the node's clock give a zero twist "
+        "(s; 0 = judge by arrival time only)",
+        0.0,
+        3600.0,
+    ),
+    Param("hold", ("hold",), "true: stop commanding at once (zero twists), stay active"),
     Param("max_linear_speed", ("max_linear_speed",), "linear speed limit (m/s)", 0.0, 2.0),
     Param("max_angular_speed", ("max_angular_speed",), "angular speed limit (rad/s)", 0.0, 6.0),
     Param("command_frame", ("command_frame",), "frame_id of the twist commands"),

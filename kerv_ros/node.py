@@ -300,6 +300,15 @@ class KervNode(Node):
             if "instruction" in control:
                 self._instruction = control["instruction"]
                 self._instruction_problem = ""
+        if control.get("hold"):  # at once, not at the next tick
+            with self._command_lock:
+                if self._active:
+                    self._twist_pub.publish(self._twist(np.zeros(3), np.zeros(3)))
+            self.get_logger().warning("hold: zero twist sent, commanding paused")
+
+    def _held(self) -> bool:
+        with self._lock:
+            return self._requested_control.hold
 
     def _adopt_requested(self) -> None:
         with self._lock:
@@ -487,6 +496,7 @@ class KervNode(Node):
             instruction_problem = self._instruction_problem
         now = time.monotonic()
         limit = self._control.stale_timeout_s
+        clock = self.get_clock().now().nanoseconds * 1e-9
         for name, latest in (("camera image", image), ("joint_states", joints)):
             if latest.msg is None:
                 raise ros_io.StaleInputError(f"no {name} received yet")
@@ -495,6 +505,9 @@ class KervNode(Node):
             age = now - latest.received
             if age > limit:
                 raise ros_io.StaleInputError(f"{name} is {age:.2f} s old (stale_timeout_s {limit})")
+            ros_io.check_stamp(
+                name, latest.msg.header.stamp, clock, self._control.stamp_tolerance_s
+            )
         if instruction_problem:
             raise ros_io.InputError(instruction_problem)
         if not instruction.strip():
@@ -574,6 +587,9 @@ class KervNode(Node):
             return
         start = time.perf_counter()
         self._adopt_requested()
+        if self._control.hold:
+            self._hold("held (parameter hold is true)", WARN)
+            return
         try:
             observation, joints, received = self._fresh_inputs()
         except ros_io.StaleInputError as err:
@@ -598,8 +614,8 @@ class KervNode(Node):
         )
         stale = ""
         with self._command_lock:
-            if not self._active or generation != self._generation:
-                return  # computed in an activation that has ended: never published
+            if not self._active or generation != self._generation or self._held():
+                return  # computed in an activation that has ended, or held: never published
             age = time.monotonic() - received
             if age > self._control.stale_timeout_s:
                 stale = (

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import rclpy
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.serialization import deserialize_message
 
 from kerv_ros import bags, loopback
 
@@ -145,8 +146,14 @@ def replay(
     start_s: float = 0.0,
     progress: bool = True,
     wait_s: float = 3.0,
+    restamp: bool = True,
 ) -> int:
-    """Publish ``topics`` of the bag (default: the node's inputs) with their timing."""
+    """Publish ``topics`` of the bag (default: the node's inputs) with their timing.
+
+    ``restamp``: messages with a header go out stamped now, as from a live camera and arm (the
+    node and MoveIt Servo refuse readings stamped far from their clock); False keeps the
+    recorded stamps (then run the node with ``stamp_tolerance_s:=0``).
+    """
     from rosbags.rosbag2 import Reader
     from tqdm import tqdm
 
@@ -170,6 +177,11 @@ def replay(
     rclpy.init()
     node = rclpy.create_node("kerv_replay")
     publishers = {t: node.create_publisher(message_class(present[t]), t, _qos(t)) for t in wanted}
+    stamped = {
+        t: message_class(present[t])
+        for t in wanted
+        if hasattr(message_class(present[t])(), "header")
+    }
     # Give subscribers (the node, a recorder) a moment to be discovered: sensor topics are
     # volatile, so whatever goes out before they match is lost to them.
     deadline = time.monotonic() + wait_s
@@ -187,7 +199,12 @@ def replay(
                 delay = begin + (stamp - first) / 1e9 / rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-                publishers[topic].publish(raw)
+                if restamp and topic in stamped:
+                    msg = deserialize_message(raw, stamped[topic])
+                    msg.header.stamp = node.get_clock().now().to_msg()
+                    publishers[topic].publish(msg)
+                else:
+                    publishers[topic].publish(raw)
                 sent += 1
             if not loop:
                 break

@@ -212,6 +212,29 @@ def joint_sample(msg, joint_names: tuple[str, ...]) -> JointSample:
     return JointSample(arm_positions, arm_velocities)
 
 
+def check_stamp(name: str, stamp, clock_s: float, tolerance_s: float) -> None:
+    """Refuse a reading stamped unset, or further than ``tolerance_s`` from the node's clock.
+
+    StaleInputError for a stamp in the past (it usually recovers), InputError otherwise.
+    """
+    if tolerance_s <= 0:
+        return
+    seconds = stamp_seconds(stamp)
+    if seconds <= 0:
+        raise InputError(
+            f"{name} header stamp is {seconds:g}: unstamped (stamp_tolerance_s {tolerance_s})"
+        )
+    offset = seconds - clock_s
+    if offset > tolerance_s:
+        raise InputError(
+            f"{name} stamped {offset:.2f} s in the future (stamp_tolerance_s {tolerance_s})"
+        )
+    if offset < -tolerance_s:
+        raise StaleInputError(
+            f"{name} stamped {-offset:.2f} s in the past (stamp_tolerance_s {tolerance_s})"
+        )
+
+
 def stamp_seconds(stamp) -> float:
     """builtin_interfaces/Time -> seconds (0.0 for an unset stamp)."""
     return stamp.sec + stamp.nanosec * 1e-9

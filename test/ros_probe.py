@@ -20,8 +20,10 @@ from kerv_ros.msg import DecodeStats
 from lifecycle_msgs.srv import ChangeState, GetState
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
+from rclpy.duration import Duration
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.time import Time
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64, String
 
@@ -109,6 +111,7 @@ class Probe:
         self.image: Image | None = good_image()
         self.joints: JointState | None = good_joints()
         self.feeding = False
+        self.stamp_offset_s: float | None = 0.0  # joint_states stamped now + this; None: 0
         n.create_timer(1.0 / rate_hz, self._feed)
         self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
         self.executor.add_node(n)
@@ -132,7 +135,11 @@ class Probe:
             self.image.header.stamp = stamp
             self.image_pub.publish(self.image)
         if self.joints is not None:
-            self.joints.header.stamp = stamp
+            if self.stamp_offset_s is None:
+                self.joints.header.stamp = Time().to_msg()
+            else:
+                shifted = self.node.get_clock().now() + Duration(seconds=self.stamp_offset_s)
+                self.joints.header.stamp = shifted.to_msg()
             self.joint_pub.publish(self.joints)
 
     def instruct(self, text: str) -> None:

@@ -307,3 +307,50 @@ def test_watchdog_ticks_keep_an_error_in_diagnostics_when_the_loop_stalls(rig):
     )
     assert _status(status, probe).level == b"\x02"
     fast.set()
+
+
+@pytest.mark.parametrize(
+    "offset, reason, level",
+    [
+        (3600.0, "s in the future", b"\x02"),
+        (-3600.0, "s in the past", b"\x01"),
+        (None, "unstamped", b"\x02"),
+    ],
+    ids=["future", "past", "zero"],
+)
+def test_joint_states_stamped_far_from_the_clock_are_refused(rig, offset, reason, level):
+    _node, probe = rig
+    _configure_and_activate(probe)
+    probe.stamp_offset_s = offset
+    t0 = time.monotonic()
+    status = probe.wait_for(
+        probe.diagnostics,
+        lambda d: _status(d, probe) is not None and reason in _status(d, probe).message,
+        t0=t0,
+    )
+    assert _status(status, probe).level == level
+    assert all(is_zero(m) for m in probe.since(probe.twists, t0 + 0.4))
+    probe.stamp_offset_s = 0.5  # within stamp_tolerance_s (1 s): commands again
+    probe.wait_for(probe.twists, lambda m: not is_zero(m), t0=time.monotonic(), timeout=10)
+    assert probe.set_param("stamp_tolerance_s", 0.0).successful  # 0: arrival time only
+    probe.stamp_offset_s = 3600.0
+    probe.wait_for(probe.twists, lambda m: not is_zero(m), t0=time.monotonic() + 0.3, timeout=10)
+
+
+def test_hold_stops_commanding_at_once_and_resumes(rig):
+    node, probe = rig
+    _configure_and_activate(probe)
+    probe.wait_for(probe.twists, lambda m: not is_zero(m), timeout=10)
+    set_at = time.monotonic()
+    assert probe.set_param("hold", True).successful
+    first = probe.wait_for(probe.twists, is_zero, t0=set_at, timeout=2)
+    assert first is not None
+    with probe.lock:
+        latency = min(t for t, m in probe.twists if t >= set_at and is_zero(m)) - set_at
+    assert latency < 0.3
+    time.sleep(1.5)
+    assert all(is_zero(m) for m in probe.since(probe.twists, set_at + 0.3))
+    assert probe.state() == "active"
+    assert "held" in node.node._health.current
+    assert probe.set_param("hold", False).successful
+    probe.wait_for(probe.twists, lambda m: not is_zero(m), t0=time.monotonic(), timeout=10)
