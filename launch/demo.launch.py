@@ -1,16 +1,21 @@
 """The demo: the simulated Panda (sim_node) driven by kerv_node.
 
 ``ros2 launch kerv_ros demo.launch.py task:=pick episodes:=5 model_path:=default``.
-Without launch_ros, ``kerv sim run`` starts the same two processes.
+The simulator starts its first episode only once kerv_node is active (as ``kerv sim run``
+does), and the launch ends by itself after the last episode with sim_node's summary. Without
+launch_ros, ``kerv sim run`` starts the same two processes.
 """
 
 from pathlib import Path
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, EmitEvent, LogInfo, RegisterEventHandler
+from launch.event_handlers import OnProcessExit
+from launch.events import Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
+from launch_ros.event_handlers import OnStateTransition
 from launch_ros.parameter_descriptions import ParameterValue
 
 
@@ -34,6 +39,7 @@ def generate_launch_description() -> LaunchDescription:
                 "task": LaunchConfiguration("task"),
                 "seed": ParameterValue(LaunchConfiguration("seed"), value_type=int),
                 "episodes": ParameterValue(LaunchConfiguration("episodes"), value_type=int),
+                "exit_when_done": True,
             }
         ],
     )
@@ -52,4 +58,16 @@ def generate_launch_description() -> LaunchDescription:
             },
         ],
     )
-    return LaunchDescription([*args, kerv, sim])
+    start_sim = RegisterEventHandler(
+        OnStateTransition(target_lifecycle_node=kerv, goal_state="active", entities=[sim])
+    )
+    finish = RegisterEventHandler(
+        OnProcessExit(
+            target_action=sim,
+            on_exit=[
+                LogInfo(msg="demo done: the summary is sim_node's last line above"),
+                EmitEvent(event=Shutdown(reason="demo done")),
+            ],
+        )
+    )
+    return LaunchDescription([*args, kerv, start_sim, finish])

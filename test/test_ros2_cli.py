@@ -213,3 +213,29 @@ def test_ros2_run_starts_the_node(tmp_path):
     finally:
         stop(proc)
     assert proc.returncode == 0
+
+
+def test_demo_launch_starts_episodes_once_active_and_ends_with_a_summary(tmp_path):
+    """``ros2 launch kerv_ros demo.launch.py``: no episode before kerv_node is active, and the
+    launch returns by itself after the last one, with the summary."""
+    proc = subprocess.run(
+        [
+            ROS2,
+            "launch",
+            "kerv_ros",
+            "demo.launch.py",
+            "task:=reach",
+            "episodes:=1",
+            "mode:=ar",
+            "model_path:=default",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "summary: reach " in out and "demo done" in out
+    assert out.index("active: commanding") < out.index("episode reach seed 1000")
