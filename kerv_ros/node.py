@@ -182,6 +182,7 @@ class KervNode(Node):
         self._requested_engine, self._requested_control = self._engine_config, self._control
         self._instruction = self._control.instruction
         self._instruction_problem = ""
+        self._instruction_received = self._instruction  # the last text seen on the topic
         self._image = _Latest()
         self._joints = _Latest()
         self._health = _Health()
@@ -478,12 +479,15 @@ class KervNode(Node):
     def _on_instruction(self, msg: String) -> None:
         problem = ros_io.instruction_problem(msg.data)
         with self._lock:
-            changed = msg.data != self._instruction or problem != self._instruction_problem
+            changed = msg.data != self._instruction_received
+            self._instruction_received = msg.data
             self._instruction = "" if problem else msg.data
             self._instruction_problem = problem
+        if not changed:  # a latched message reaches both subscriptions: taken once
+            return
         if problem:
             self.get_logger().error(problem)
-        elif changed:  # a latched message reaches both subscriptions
+        else:
             self.get_logger().info(f"instruction: {msg.data!r}")
 
     def _fresh_inputs(self) -> tuple[Observation, ros_io.JointSample, float]:
