@@ -301,6 +301,13 @@ class KervNode(Node):
             if "instruction" in control:
                 self._instruction = control["instruction"]
                 self._instruction_problem = ""
+        if "control_rate_hz" in control and self._control_timer is not None:
+            # A new timer at once: changing a timer's period takes effect only after its current
+            # period, which at 0.5 Hz is two seconds of silence.
+            self.destroy_timer(self._control_timer)
+            self._control_timer = self.create_timer(
+                1.0 / control["control_rate_hz"], self._on_control_timer
+            )
         if control.get("hold"):  # at once, not at the next tick
             with self._command_lock:
                 if self._active:
@@ -320,8 +327,6 @@ class KervNode(Node):
                 f"decoding settings changed: {_changes(self._engine_config, engine)}"
             )
         self._engine_config = engine
-        if control.control_rate_hz != self._control.control_rate_hz and self._control_timer:
-            self._control_timer.timer_period_ns = int(control.period_s * 1e9)
         motion_changed = (control.joint_names, control.control_rate_hz) != (
             self._control.joint_names,
             self._control.control_rate_hz,

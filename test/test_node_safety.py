@@ -354,3 +354,36 @@ def test_hold_stops_commanding_at_once_and_resumes(rig):
     assert "held" in node.node._health.current
     assert probe.set_param("hold", False).successful
     probe.wait_for(probe.twists, lambda m: not is_zero(m), t0=time.monotonic(), timeout=10)
+
+
+def test_a_control_rate_change_applies_at_once(rig):
+    """From 0.5 Hz back to 10 Hz: no two-second wait for the slow period to run out."""
+    _node, probe = rig
+    _configure_and_activate(probe)
+    assert probe.set_param("control_rate_hz", 0.5).successful
+    time.sleep(1.0)
+    changed = time.monotonic()
+    assert probe.set_param("control_rate_hz", RATE).successful
+    time.sleep(1.0)
+    with probe.lock:
+        after = [t for t, _ in probe.twists if t > changed]
+    assert after and after[0] - changed < 0.4
+    assert len(after) >= 0.5 * RATE * 1.0
+
+
+def test_shutdown_leaves_no_stale_warning_in_diagnostics(rig):
+    _node, probe = rig
+    _configure_and_activate(probe)
+    joints = good_joints()
+    joints.velocity = []
+    probe.joints = joints
+    probe.wait_for(
+        probe.diagnostics,
+        lambda d: _status(d, probe) is not None and "velocities" in _status(d, probe).message,
+        t0=time.monotonic(),
+    )
+    assert probe.transition(Transition.TRANSITION_ACTIVE_SHUTDOWN)
+    status = probe.wait_for(
+        probe.diagnostics, lambda d: _status(d, probe) is not None, t0=time.monotonic() + 1.2
+    )
+    assert "velocities" not in _status(status, probe).message
