@@ -183,6 +183,15 @@ def test_topic_echo_and_hz_see_the_commands(launched):
     assert rates and 5.0 <= rates[-1] <= 12.0, out
 
 
+def test_hold_from_the_command_line(launched):
+    assert "successful" in ros2("param", "set", NODE, "hold", "true")
+    time.sleep(0.5)
+    echo = ros2("topic", "echo", "--once", f"{NODE}/delta_twist_cmds", timeout=60)
+    assert re.findall(r"[xyz]: (-?[0-9.e-]+)", echo) == ["0.0"] * 6, echo
+    assert "active" in ros2("lifecycle", "get", NODE)
+    assert "successful" in ros2("param", "set", NODE, "hold", "false")
+
+
 def test_lifecycle_set_stops_and_restarts_commanding(launched):
     assert "Transitioning successful" in ros2("lifecycle", "set", NODE, "deactivate")
     assert "inactive" in ros2("lifecycle", "get", NODE)
