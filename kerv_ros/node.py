@@ -191,9 +191,8 @@ class KervNode(Node):
         self._hold_log = _CauseThrottle(1.0)
         self._kinematics_note = "not loaded"
         self._kinematics = None  # ArmKinematics of the configured joints, when loaded
-        self._joint_rule: ros_io.JointRule | None = (
-            None  # what joint_names must be, once configured
-        )
+        # What joint_names must be, once configured (the policy's state size, the URDF chain).
+        self._joint_rule: ros_io.JointRule | None = None
 
         # One model thread for the node's whole life (started at the first activate): the
         # control timer only wakes it. A transition never waits for a step in progress; a step
@@ -301,6 +300,7 @@ class KervNode(Node):
             if "instruction" in control:
                 self._instruction = control["instruction"]
                 self._instruction_problem = ""
+                self._instruction_received = None  # the topic's next message applies again
         if "control_rate_hz" in control and self._control_timer is not None:
             # A new timer at once: changing a timer's period takes effect only after its current
             # period, which at 0.5 Hz is two seconds of silence.

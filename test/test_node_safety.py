@@ -387,3 +387,14 @@ def test_shutdown_leaves_no_stale_warning_in_diagnostics(rig):
         probe.diagnostics, lambda d: _status(d, probe) is not None, t0=time.monotonic() + 1.2
     )
     assert "velocities" not in _status(status, probe).message
+
+
+def test_the_topic_instruction_applies_again_after_the_parameter_changed_it(rig):
+    node, probe = rig
+    _configure_and_activate(probe)
+    assert probe.set_param("instruction", "push the green block to the left").successful
+    probe.instruct("pick up the red cube")  # the same text the topic sent before
+    deadline = time.monotonic() + 5
+    while node.node._instruction != "pick up the red cube":
+        assert time.monotonic() < deadline, node.node._instruction
+        time.sleep(0.05)
