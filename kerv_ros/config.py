@@ -21,10 +21,8 @@ EAGLE-style head and accepts exactly; ``spec_relaxed`` accepts a draft token wit
 threshold that follows the arm's motion, and Kalman-filter compensation of rejected dimensions;
 ``heisd`` drafts from the retrieval datastore or the drafter by a kinematic boundary, with
 verify-skip and sequence-wise acceptance; ``hybrid`` is heisd with kerv's compensation and its
-drafter steps also offered the retrieved continuations."""
-RETRIEVAL_MODES = ("heisd", "hybrid")
-MOTION_MODES = ("kerv", "heisd", "hybrid")
-"""Modes that follow the arm's motion (the tracker of ``motion.py``)."""
+drafter steps also offered the retrieved continuations. What each mode does, feature by
+feature, is the table of ``decoding/modes.py``."""
 
 PANDA_ARM_JOINTS = tuple(f"panda_joint{i}" for i in range(1, 8))
 PANDA_EE_FRAME = "panda_grasptarget"
@@ -192,14 +190,6 @@ class EngineConfig:
         """Return self, or raise ValueError listing every problem."""
         _raise_problems(self.problems())
         return self
-
-    @property
-    def threshold(self) -> int:
-        """The fixed bin threshold of this mode.
-
-        ``kerv`` with its dynamic threshold on sets its own per step instead.
-        """
-        return self.relaxed_threshold if self.mode not in ("ar", "spec") else 0
 
     def with_mode(self, mode: str) -> EngineConfig:
         return replace(self, mode=mode).validate()

@@ -87,6 +87,7 @@ def run_episode(
     episode = new_episode(world, task, seed)
     instruction = episode.task.instruction(episode.layout.target)
     result = EpisodeResult(task, seed, engine.config.mode, False, 0)
+    engine.reset()  # a new episode: the motion tracker and verify-skip start over
     for step in range(episode.task.max_steps):
         stamp = step * control.period_s
         decoded, command = _policy_command(world, engine, instruction, control, stamp)

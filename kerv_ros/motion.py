@@ -77,6 +77,10 @@ class MotionTracker:
         """Counts trajectories: per-trajectory state kept elsewhere starts over when it moves."""
         self._reset_history()
 
+    def reset(self) -> None:
+        """Start a new trajectory now (a new episode or instruction), not at the next gap."""
+        self._reset_history()
+
     def _reset_history(self) -> None:
         self.trajectory += 1
         self.filter.reset()

@@ -14,6 +14,7 @@ from kerv_ros.config import (
     ControlConfig,
     DraftConfig,
     EngineConfig,
+    HeisdConfig,
     KalmanConfig,
     KervConfig,
     ModelConfig,
@@ -55,9 +56,12 @@ def test_every_problem_is_reported():
 
 
 def test_threshold_is_zero_outside_relaxed_modes():
-    assert EngineConfig(mode="spec", relaxed_threshold=5).threshold == 0
-    assert EngineConfig(mode="spec_relaxed", relaxed_threshold=5).threshold == 5
-    assert EngineConfig(mode="kerv", relaxed_threshold=5).threshold == 5
+    from kerv_ros.decoding.modes import plan_for
+
+    def fixed(mode):
+        return plan_for(EngineConfig(mode=mode, relaxed_threshold=5), True).fixed_threshold
+
+    assert (fixed("ar"), fixed("spec"), fixed("spec_relaxed"), fixed("kerv")) == (0, 0, 5, 5)
 
 
 def test_engine_refuses_speculation_without_drafter_and_keeps_old_config():
@@ -146,3 +150,21 @@ def test_the_kerv_threshold_range_takes_its_ends_in_either_order():
         16,
         25,
     )
+
+
+def test_every_mode_is_one_row_of_the_mode_table():
+    from kerv_ros.decoding.modes import MODE_TABLE, plan_for
+
+    assert tuple(MODE_TABLE) == MODES
+    # Switches only turn features off: the plan never does more than its row allows.
+    for mode, row in MODE_TABLE.items():
+        off = EngineConfig(
+            mode=mode,
+            kerv=KervConfig(dynamic_threshold=False),
+            heisd=HeisdConfig(verify_skip=False, acceptance="token"),
+        )
+        plan = plan_for(off, has_datastore=True)
+        assert not (plan.kinematic_threshold or plan.verify_skip or plan.sequence_acceptance)
+        full = plan_for(EngineConfig(mode=mode), has_datastore=True)
+        assert full.retrieval == row.retrieval and full.compensation == row.compensation
+        assert not plan_for(EngineConfig(mode=mode), has_datastore=False).retrieval

@@ -29,10 +29,12 @@ import torch
 
 from kerv_ros.actions import ACTION_DIMS
 from kerv_ros.boundary import fused_metric
-from kerv_ros.config import MOTION_MODES, RETRIEVAL_MODES, EngineConfig
+from kerv_ros.config import EngineConfig
 from kerv_ros.decoding.acceptance import SequenceAcceptance, TokenAcceptance
 from kerv_ros.decoding.drafter import Drafter, DraftSession
+from kerv_ros.decoding.modes import MODE_TABLE, plan_for
 from kerv_ros.decoding.tree import DraftTree, TokenSource
+from kerv_ros.decoding.verify_skip import VerifySkip
 from kerv_ros.motion import MotionPrior, MotionTracker
 from kerv_ros.policy.backend import Observation, PolicyBackend
 from kerv_ros.retrieval import Candidates, Datastore, context_of
@@ -192,16 +194,6 @@ def merge_trees(drafted: DraftTree, retrieved: DraftTree) -> DraftTree:
     return DraftTree(tokens=tokens, parents=parents, scores=scores, sources=sources)
 
 
-@dataclass
-class _SkipState:
-    """Verify-skip bookkeeping across steps of one trajectory."""
-
-    run: int = 0  # skipped steps in a row
-    cooldown: int = 0  # steps left without skipping
-    audit: bool = False  # the next verified step checks the retrieval that was skipped on
-    trajectory: int = -1
-
-
 class DecodeEngine:
     """Decodes one 7-token action step per call in the configured mode.
 
@@ -228,8 +220,9 @@ class DecodeEngine:
             datastore.check_compatible(backend.norm_stats)
         self.datastore = datastore
         self.config = EngineConfig()
+        self.plan = plan_for(self.config, datastore is not None)
         self.motion = MotionTracker(config.kerv, backend.norm_stats, period_s, kinematics)
-        self.skips = _SkipState()
+        self.skips = VerifySkip()
         self.configure(config)
 
     def set_kinematics(self, kinematics, period_s: float) -> None:
@@ -242,10 +235,13 @@ class DecodeEngine:
     def problems(self, config: EngineConfig) -> list[str]:
         """Why this engine cannot run ``config`` (its own checks, and what it has loaded)."""
         out = config.problems()
-        if config.mode != "ar" and self.drafter is None:
+        features = MODE_TABLE.get(config.mode)
+        if features is None:
+            return out
+        if features.drafter and self.drafter is None:
             out.append(f"mode {config.mode!r} needs a drafter and none is loaded")
-        if config.mode == "heisd" and self.datastore is None:
-            out.append("mode 'heisd' needs a retrieval datastore and none is loaded")
+        if features.needs_datastore and self.datastore is None:
+            out.append(f"mode {config.mode!r} needs a retrieval datastore and none is loaded")
         return out
 
     def configure(self, config: EngineConfig) -> None:
@@ -255,24 +251,42 @@ class DecodeEngine:
             raise ValueError("; ".join(found))
         self.motion.configure(config.kerv)
         self.config = config
+        self.plan = plan_for(config, self.datastore is not None)
+
+    def reset(self) -> None:
+        """A new episode or instruction: the motion tracker and verify-skip start over."""
+        self.motion.reset()
+        self.skips.reset()
 
     def bins_of(self, tokens: list[int]) -> list[int]:
         """Action token ids -> bins 0..255, the datastore's alphabet."""
         return [self.backend.action_tokenizer.vocab_size - 1 - t for t in tokens]
 
     def step(self, observation: Observation) -> StepResult:
-        config = self.config
+        """One action step, as the plan of the configured mode says (``decoding/modes.py``)."""
+        plan = self.plan
         clock = _PhaseClock(self.backend.device)
-        prior = None
-        threshold = config.threshold
-        if config.mode in MOTION_MODES:
-            prior = self.motion.begin(observation)
-            if config.mode in ("kerv", "hybrid") and config.kerv.dynamic_threshold:
-                threshold = prior.threshold
+        prior = self.motion.begin(observation) if plan.motion else None
+        threshold = prior.threshold if plan.kinematic_threshold else plan.fixed_threshold
         with clock.phase("prefill"):
-            state = self.backend.prefill(observation)
-        result = StepResult(
-            mode=config.mode,
+            state = self.backend.prefill(observation)  # the first token comes with it
+        result = self._first_token(state, prior, threshold)
+        if not plan.speculative:
+            self._decode_greedy(state, result, clock)
+        else:
+            retrieval = self._retrieve(result, prior, clock) if plan.retrieval else None
+            if retrieval is not None and self.skips.decide(
+                plan.verify_skip, retrieval.first, retrieval.metric, self.config.heisd
+            ):
+                self._take_retrieved(result, retrieval)  # HeiSD verify-skip: no verifier
+            else:
+                session = self._draft_session(state, retrieval, clock)
+                self._decode_speculative(state, result, clock, session, threshold, prior)
+        return self._finish(result, prior, clock)
+
+    def _first_token(self, state, prior: MotionPrior | None, threshold: float) -> StepResult:
+        return StepResult(
+            mode=self.config.mode,
             tokens=self.backend.action_logits_to_tokens(state.action_logits[None]),
             sources=[TokenSource.VERIFIER],
             action=np.zeros(0),
@@ -282,12 +296,9 @@ class DecodeEngine:
             twist_source=prior.twist_source if prior is not None else "",
             predicted_action=prior.mean if prior is not None else None,
         )
-        if config.mode == "ar":
-            self._decode_greedy(state, result, clock)
-        else:
-            session = self._draft_session(state, result, prior, clock)
-            if session is not None:
-                self._decode_speculative(state, result, clock, session, threshold, prior)
+
+    def _finish(self, result: StepResult, prior: MotionPrior | None, clock) -> StepResult:
+        """Decode the tokens to actions; the motion tracker learns what was executed."""
         result.action = self.backend.action_tokenizer.decode(np.array(result.tokens))
         result.raw_action = self.backend.norm_stats.unnormalize(result.action)
         if prior is not None:
@@ -306,58 +317,44 @@ class DecodeEngine:
             result.target_forwards += 1
             result.accepted_lengths.append(1)
 
-    def _draft_session(
-        self, state, result: StepResult, prior: MotionPrior | None, clock: _PhaseClock
-    ):
-        """Who drafts this step; None when HeiSD's verify-skip already completed it."""
-        config = self.config
-        retrieval = None
-        if config.mode in RETRIEVAL_MODES and self.datastore is not None:
-            with clock.phase("draft"):
-                retrieval = self._retrieve(result, prior)
-            if retrieval is None:
-                return None
-            familiar = not config.heisd.use_boundary or retrieval.metric <= config.heisd.boundary
+    def _draft_session(self, state, retrieval: _RetrievalSession | None, clock: _PhaseClock):
+        """Who drafts this step: retrieval on familiar motion, else the drafter.
+
+        The drafter's tree also holds the retrieved continuations where the plan says so.
+        """
+        heisd = self.config.heisd
+        if retrieval is not None:
+            familiar = not heisd.use_boundary or retrieval.metric <= heisd.boundary
             if familiar and len(retrieval.first):
                 return retrieval
         with clock.phase("draft"):
-            session = self.drafter.start(self.backend, state, config.draft)
-        if config.mode == "hybrid" and retrieval is not None:
+            session = self.drafter.start(self.backend, state, self.config.draft)
+        if self.plan.merged_tree and retrieval is not None:
             return _MergedSession(session, retrieval)
         return session
 
-    def _retrieve(self, result: StepResult, prior: MotionPrior) -> _RetrievalSession | None:
-        """Look the step up; complete it here (verify-skip) when HeiSD's rule allows."""
+    def _retrieve(
+        self, result: StepResult, prior: MotionPrior, clock: _PhaseClock
+    ) -> _RetrievalSession:
+        """Look the step's first token up in the datastore; the fused metric of the motion."""
         heisd = self.config.heisd
-        skips = self.skips
-        if skips.trajectory != self.motion.trajectory:
-            self.skips = skips = _SkipState(trajectory=self.motion.trajectory)
-        context = context_of(*self.motion.previous_actions())
-        first = self.datastore.lookup(
-            context, self.bins_of(result.tokens), heisd.neighbours, heisd.prefix_tolerance
-        )
-        session = _RetrievalSession(self, context, first)
-        session.metric = result.metric = fused_metric(prior, first.distance, heisd)
-        if (
-            heisd.verify_skip
-            and len(first)
-            and session.metric <= min(heisd.skip_boundary, heisd.boundary)
-            and first.counts.sum() >= heisd.skip_min_count
-            and first.agreement(1, heisd.sequence_weights, heisd.sequence_threshold) == 1.0
-            and skips.run < heisd.max_skipped_run
-            and skips.cooldown == 0
-        ):
-            vocab = self.backend.action_tokenizer.vocab_size
-            result.tokens += [vocab - 1 - int(b) for b in first.steps[0][1:]]
-            result.sources += [TokenSource.RETRIEVAL] * (ACTION_DIMS - 1)
-            result.accepted_lengths.append(ACTION_DIMS - 1)
-            result.verify_skipped = True
-            skips.run += 1
-            skips.audit = True
-            return None
-        skips.run = 0
-        skips.cooldown = max(0, skips.cooldown - 1)
+        with clock.phase("draft"):
+            self.skips.follow(self.motion.trajectory)
+            context = context_of(*self.motion.previous_actions())
+            first = self.datastore.lookup(
+                context, self.bins_of(result.tokens), heisd.neighbours, heisd.prefix_tolerance
+            )
+            session = _RetrievalSession(self, context, first)
+            session.metric = result.metric = fused_metric(prior, first.distance, heisd)
         return session
+
+    def _take_retrieved(self, result: StepResult, retrieval: _RetrievalSession) -> None:
+        """Complete the step with the retrieved continuation, unverified (verify-skip)."""
+        vocab = self.backend.action_tokenizer.vocab_size
+        result.tokens += [vocab - 1 - int(b) for b in retrieval.first.steps[0][1:]]
+        result.sources += [TokenSource.RETRIEVAL] * (ACTION_DIMS - 1)
+        result.accepted_lengths.append(ACTION_DIMS - 1)
+        result.verify_skipped = True
 
     def _acceptance(self, threshold: float, start: int):
         """The step's acceptance rule.
@@ -366,12 +363,11 @@ class DecodeEngine:
         (``r / r_max``): the whole drafted motion is judged as strictly as kerv judges each
         token at that moment.
         """
-        config = self.config
-        heisd = config.heisd
-        if config.mode in RETRIEVAL_MODES and heisd.acceptance == "sequence":
+        heisd, kerv = self.config.heisd, self.config.kerv
+        if self.plan.sequence_acceptance:
             tolerance = heisd.sequence_threshold
-            if config.mode == "hybrid" and config.kerv.dynamic_threshold and config.kerv.widest:
-                tolerance *= threshold / config.kerv.widest
+            if self.plan.scale_sequence_by_threshold and kerv.widest:
+                tolerance *= threshold / kerv.widest
             return SequenceAcceptance(tolerance, heisd.sequence_weights, start)
         return TokenAcceptance(int(threshold))
 
@@ -390,7 +386,7 @@ class DecodeEngine:
         verifier's correction stands, and the dimensions after it come from the Kalman filter's
         prediction when the tracker judges it confident (:meth:`MotionTracker.may_compensate`).
         """
-        compensate = self.config.mode in ("kerv", "hybrid") and prior is not None
+        compensate = self.plan.compensation and prior is not None
         first_verify = True
         while len(result.tokens) < ACTION_DIMS:
             before = len(result.tokens)
@@ -435,6 +431,5 @@ class DecodeEngine:
         It holds when retrieval drafted again and the verifier took the whole continuation;
         otherwise skipping pauses for ``heisd_skip_cooldown`` steps.
         """
-        self.skips.audit = False
-        if not (isinstance(session, _RetrievalSession) and retrieval_held):
-            self.skips.cooldown = self.config.heisd.skip_cooldown
+        held = isinstance(session, _RetrievalSession) and retrieval_held
+        self.skips.audited(held, self.config.heisd.skip_cooldown)
