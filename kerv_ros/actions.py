@@ -15,6 +15,8 @@ import numpy as np
 
 N_BINS = 256
 ACTION_DIMS = 7
+REST_ACTION = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
+"""Raw action of an arm at rest, gripper open: the context before a trajectory's first step."""
 
 
 class ActionTokenizer:

@@ -1,7 +1,7 @@
 """Closed-loop evaluation in the simulator, in one process (no ROS): success per task and mode.
 
 The loop does what kerv_node and sim_node do across processes, with the same conversions
-(``ros_io.action_to_twist``, ``ros_io.gripper_opening``): observe (image, instruction, arm joint
+(``control.action_to_twist``, ``control.gripper_opening``): observe (image, instruction, arm joint
 positions and velocities, the tick's time), decode one action step, command the arm for one
 control period. Seeds are fixed,
 so two runs give the same episodes.
@@ -16,11 +16,11 @@ import numpy as np
 from tqdm import tqdm
 
 from kerv_ros.config import PANDA_ARM_JOINTS, ControlConfig, EngineConfig
+from kerv_ros.control import action_to_twist, gripper_opening
 from kerv_ros.decoding.drafter import Drafter
 from kerv_ros.decoding.engine import DecodeEngine, StepResult
 from kerv_ros.kinematics import ArmKinematics
 from kerv_ros.policy.backend import Observation, PolicyBackend
-from kerv_ros.ros_io import action_to_twist, gripper_opening
 from kerv_ros.sim.tasks import new_episode, succeeded
 from kerv_ros.sim.world import PandaWorld, SimConfig
 

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kerv_ros.actions import ACTION_DIMS, NormStats
+from kerv_ros.actions import ACTION_DIMS, REST_ACTION, NormStats
 from kerv_ros.config import KervConfig
 from kerv_ros.kalman import ActionKalmanFilter
-from kerv_ros.policy.backend import Observation
-from kerv_ros.retrieval import REST_ACTION
+from kerv_ros.observation import Observation
 
 MOTION_DIMS = slice(0, 6)
 GRIPPER = 6

@@ -57,7 +57,7 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64, String
 
-from kerv_ros import ros_io
+from kerv_ros import control, ros_io
 from kerv_ros.config import (
     CONTROL_PARAMS,
     ENGINE_PARAMS,
@@ -615,7 +615,7 @@ class KervNode(Node):
         except Exception as err:  # decoding must never take the node down
             self._hold(f"decode failed: {type(err).__name__}: {err}", ERROR)
             return
-        linear, angular = ros_io.action_to_twist(
+        linear, angular = control.action_to_twist(
             result.raw_action,
             self._control.period_s,
             self._control.max_linear_speed,
@@ -634,7 +634,7 @@ class KervNode(Node):
                 self._twist_pub.publish(self._twist(np.zeros(3), np.zeros(3)))
             else:
                 self._twist_pub.publish(self._twist(linear, angular))
-                gripper = ros_io.gripper_opening(result.raw_action, self._normalised_gripper)
+                gripper = control.gripper_opening(result.raw_action, self._normalised_gripper)
                 self._gripper_pub.publish(Float64(data=gripper))
         if stale:
             self._health.holds += 1

@@ -30,13 +30,11 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from kerv_ros.actions import ACTION_DIMS, N_BINS, NormStats
-from kerv_ros.decoding.tree import DraftTree
+from kerv_ros.actions import ACTION_DIMS, N_BINS, REST_ACTION, NormStats
+from kerv_ros.drafts import DraftTree
 
 FORMAT = "kerv_datastore/1"
 CONTEXT_DIMS = ACTION_DIMS + 3
-REST_ACTION = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
-"""Raw action of an arm at rest, gripper open: the context before a trajectory's first step."""
 
 
 def to_bins(actions: np.ndarray) -> np.ndarray:

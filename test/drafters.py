@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from kerv_ros.decoding.tree import DraftTree, TokenSource
+from kerv_ros.drafts import DraftTree, TokenSource
 
 
 class _Session:

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kerv_ros.decoding.acceptance import BIN_WIDTH, SequenceAcceptance, TokenAcceptance, walk_tree
-from kerv_ros.decoding.tree import DraftTree
+from kerv_ros.drafts import DraftTree
 
 
 @st.composite

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 
 from kerv_ros.config import PANDA_ARM_JOINTS
+from kerv_ros.control import action_to_twist, gripper_opening
 from kerv_ros.ros_io import (
     InputError,
-    action_to_twist,
-    gripper_opening,
     image_to_rgb,
     joint_sample,
     rgb_to_image_fields,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kerv_ros.actions import N_BINS
-from kerv_ros.decoding.tree import children_of
+from kerv_ros.drafts import children_of
 
 
 @dataclass(frozen=True)

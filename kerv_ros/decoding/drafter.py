@@ -25,7 +25,7 @@ from transformers import LlamaConfig, LlamaModel
 from transformers.cache_utils import DynamicCache
 
 from kerv_ros.config import DraftConfig
-from kerv_ros.decoding.tree import DraftTree, TokenSource
+from kerv_ros.drafts import DraftTree, TokenSource
 from kerv_ros.policy import kv_cache
 from kerv_ros.policy.backend import PolicyBackend, PrefillState, tree_attention
 

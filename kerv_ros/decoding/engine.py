@@ -33,8 +33,8 @@ from kerv_ros.config import EngineConfig
 from kerv_ros.decoding.acceptance import SequenceAcceptance, TokenAcceptance
 from kerv_ros.decoding.drafter import Drafter, DraftSession
 from kerv_ros.decoding.modes import MODE_TABLE, plan_for
-from kerv_ros.decoding.tree import DraftTree, TokenSource
 from kerv_ros.decoding.verify_skip import VerifySkip
+from kerv_ros.drafts import DraftTree, TokenSource
 from kerv_ros.motion import MotionPrior, MotionTracker
 from kerv_ros.policy.backend import Observation, PolicyBackend
 from kerv_ros.retrieval import Candidates, Datastore, context_of

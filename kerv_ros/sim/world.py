@@ -22,7 +22,7 @@ import numpy as np
 import pybullet as pb
 import pybullet_data
 
-from kerv_ros.ros_io import clamp_norm
+from kerv_ros.control import clamp_norm
 
 ARM_JOINTS = tuple(f"panda_joint{i}" for i in range(1, 8))
 FINGER_JOINTS = ("panda_finger_joint1", "panda_finger_joint2")
