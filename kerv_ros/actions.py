@@ -15,8 +15,27 @@ import numpy as np
 
 N_BINS = 256
 ACTION_DIMS = 7
+MOTION_DIMS = slice(0, 6)
+"""xyz delta and rpy delta: the dimensions that are end-effector motion."""
+GRIPPER = 6
+"""The gripper's dimension (OpenVLA leaves it out of the un-normalisation: its mask is False)."""
+BIN_WIDTH = 2.0 / (N_BINS - 1)
+"""Normalised action units per bin: ``linspace(-1, 1, 256)`` steps."""
 REST_ACTION = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
 """Raw action of an arm at rest, gripper open: the context before a trajectory's first step."""
+
+
+def token_to_bin(token: int, vocab_size: int) -> int:
+    """An action token id -> its bin 0..255, counted down from the top of the vocabulary.
+
+    The datastore's alphabet; the distance between bins is the distance between tokens.
+    """
+    return vocab_size - 1 - int(token)
+
+
+def bin_to_token(bin_index: int, vocab_size: int) -> int:
+    """The inverse of :func:`token_to_bin`."""
+    return vocab_size - 1 - int(bin_index)
 
 
 class ActionTokenizer:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from kerv_ros.actions import GRIPPER
+
 
 def clamp_norm(vector: np.ndarray, limit: float) -> np.ndarray:
     """Scale ``vector`` down to norm ``limit`` if it is longer: the direction is kept."""
@@ -36,7 +38,7 @@ def gripper_opening(raw_action: np.ndarray, normalised_gripper: bool) -> float:
     OpenVLA leaves the gripper out of the un-normalisation (its mask is False), so the value is
     still in [-1, 1] and is mapped onto [0, 1]; a gripper that was un-normalised is in [0, 1].
     """
-    value = float(raw_action[6])
+    value = float(raw_action[GRIPPER])
     if normalised_gripper:
         value = 0.5 * (value + 1.0)
     return float(np.clip(value, 0.0, 1.0)) if np.isfinite(value) else 0.0

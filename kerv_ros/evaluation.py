@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
+from kerv_ros.actions import GRIPPER
 from kerv_ros.config import PANDA_ARM_JOINTS, ControlConfig, EngineConfig
 from kerv_ros.control import action_to_twist, gripper_opening
 from kerv_ros.decoding.drafter import Drafter
@@ -66,7 +67,7 @@ def _policy_command(
     linear, angular = action_to_twist(
         decoded.raw_action, control.period_s, control.max_linear_speed, control.max_angular_speed
     )
-    normalised_gripper = not bool(np.asarray(engine.backend.norm_stats.mask)[6])
+    normalised_gripper = not bool(np.asarray(engine.backend.norm_stats.mask)[GRIPPER])
     return decoded, (linear, angular, gripper_opening(decoded.raw_action, normalised_gripper))
 
 

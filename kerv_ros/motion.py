@@ -19,13 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kerv_ros.actions import ACTION_DIMS, REST_ACTION, NormStats
+from kerv_ros.actions import ACTION_DIMS, GRIPPER, MOTION_DIMS, REST_ACTION, NormStats
 from kerv_ros.config import KervConfig
 from kerv_ros.kalman import ActionKalmanFilter
 from kerv_ros.observation import Observation
 
-MOTION_DIMS = slice(0, 6)
-GRIPPER = 6
 GRIPPER_CHANGE = 0.5
 """A change of the gripper action larger than this (normalised units, range 2) is an event."""
 MAX_GAP_PERIODS = 5.0

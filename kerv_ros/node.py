@@ -58,6 +58,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64, String
 
 from kerv_ros import control, ros_io
+from kerv_ros.actions import GRIPPER
 from kerv_ros.config import (
     CONTROL_PARAMS,
     ENGINE_PARAMS,
@@ -402,7 +403,7 @@ class KervNode(Node):
             self.get_logger().error(reason)
             self._set_error(reason, ERROR)
             return TransitionCallbackReturn.FAILURE
-        self._normalised_gripper = not bool(np.asarray(backend.norm_stats.mask)[6])
+        self._normalised_gripper = not bool(np.asarray(backend.norm_stats.mask)[GRIPPER])
         store = self._engine.datastore
         self.get_logger().info(
             f"configured: model {model.model!r}, mode {self._engine_config.mode}, "

@@ -30,7 +30,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from kerv_ros.actions import ACTION_DIMS, N_BINS, REST_ACTION, NormStats
+from kerv_ros.actions import ACTION_DIMS, N_BINS, REST_ACTION, NormStats, bin_to_token
 from kerv_ros.drafts import DraftTree
 
 FORMAT = "kerv_datastore/1"
@@ -97,7 +97,7 @@ class Candidates:
         for step, count in zip(self.steps, self.counts, strict=True):
             parent = -1
             for position in range(start, ACTION_DIMS):
-                token = vocab_size - 1 - int(step[position])
+                token = bin_to_token(step[position], vocab_size)
                 node = children.get((parent, token))
                 if node is None:
                     if len(tokens) >= budget:

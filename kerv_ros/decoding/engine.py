@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from kerv_ros.actions import ACTION_DIMS
+from kerv_ros.actions import ACTION_DIMS, bin_to_token, token_to_bin
 from kerv_ros.boundary import fused_metric
 from kerv_ros.config import EngineConfig
 from kerv_ros.decoding.acceptance import SequenceAcceptance, TokenAcceptance
@@ -260,7 +260,7 @@ class DecodeEngine:
 
     def bins_of(self, tokens: list[int]) -> list[int]:
         """Action token ids -> bins 0..255, the datastore's alphabet."""
-        return [self.backend.action_tokenizer.vocab_size - 1 - t for t in tokens]
+        return [token_to_bin(t, self.backend.action_tokenizer.vocab_size) for t in tokens]
 
     def step(self, observation: Observation) -> StepResult:
         """One action step, as the plan of the configured mode says (``decoding/modes.py``)."""
@@ -351,7 +351,7 @@ class DecodeEngine:
     def _take_retrieved(self, result: StepResult, retrieval: _RetrievalSession) -> None:
         """Complete the step with the retrieved continuation, unverified (verify-skip)."""
         vocab = self.backend.action_tokenizer.vocab_size
-        result.tokens += [vocab - 1 - int(b) for b in retrieval.first.steps[0][1:]]
+        result.tokens += [bin_to_token(b, vocab) for b in retrieval.first.steps[0][1:]]
         result.sources += [TokenSource.RETRIEVAL] * (ACTION_DIMS - 1)
         result.accepted_lengths.append(ACTION_DIMS - 1)
         result.verify_skipped = True
