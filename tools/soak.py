@@ -83,7 +83,7 @@ SCENARIOS = (
     "bad_param_types",
     "lifecycle",
 )
-# Scenarios after which the node must be commanding again (the bad input was transient).
+# Scenarios whose bad input must get only zero twists once the grace period has passed.
 EXPECT_ZERO = {
     "bad_images",
     "bad_joints",
