@@ -95,8 +95,14 @@ def launched(tmp_path_factory):
         probe.close()
     finally:
         stop(proc)
-        ros2("daemon", "stop")  # the commands as typed start one; leave none behind
         assert proc.returncode is not None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_daemon_left_behind():
+    """The commands as typed start a ros2 daemon; stop it whatever ran."""
+    yield
+    ros2("daemon", "stop")
 
 
 def test_the_params_file_is_read_under_a_namespace(launched):
