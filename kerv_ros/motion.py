@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kerv_ros.actions import ACTION_DIMS, GRIPPER, MOTION_DIMS, REST_ACTION, NormStats
+from kerv_ros.boundary import kerv_threshold, motion_variability
 from kerv_ros.config import KervConfig
 from kerv_ros.kalman import ActionKalmanFilter
 from kerv_ros.observation import Observation
@@ -146,17 +147,10 @@ class MotionTracker:
             self._last_motion = measured[MOTION_DIMS].copy()
         self.filter.predict()
         config = self.config
-        variability = (
-            config.w_speed * speed
-            + config.w_accel * accel
-            + config.w_innovation * (np.sqrt(nis) if np.isfinite(nis) else 0.0)
+        variability = motion_variability(
+            speed, accel, nis, config.w_speed, config.w_accel, config.w_innovation
         )
         gripper_event = self._since_gripper_change < config.gripper_window
-        if gripper_event:
-            threshold = config.narrowest
-        else:
-            span = config.widest - config.narrowest
-            threshold = round(config.narrowest + span * float(np.exp(-variability)))
         return MotionPrior(
             mean=self.filter.mean,
             std=self.filter.std,
@@ -165,7 +159,7 @@ class MotionTracker:
             accel=accel,
             variability=float(variability),
             gripper_event=gripper_event,
-            threshold=threshold,
+            threshold=kerv_threshold(variability, gripper_event, config),
             twist_source=source,
         )
 
@@ -174,21 +168,6 @@ class MotionTracker:
         values = np.concatenate(values) if values else np.array([])
         values = values[np.isfinite(values)]
         return float(values.mean()) if values.size else float("nan")
-
-    def may_compensate(self, prior: MotionPrior, dims: list[int]) -> bool:
-        """KERV's gate on filling ``dims`` from the filter.
-
-        The filter must be confident on those dims and unsurprised by the last measurements,
-        and ``compensation_every`` steps must have passed since the last compensated one.
-        """
-        config = self.config
-        return (
-            config.compensation
-            and self.steps_since_compensation >= config.compensation_every - 1
-            and np.isfinite(prior.nis)
-            and prior.nis <= config.compensation_max_nis
-            and bool(np.all(prior.std[dims] <= config.compensation_max_std))
-        )
 
     def executed(self, action: np.ndarray, compensated: bool) -> None:
         """Condition the filter on the action sent this step (normalised units)."""

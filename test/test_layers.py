@@ -12,9 +12,9 @@ LAYERS = (
     # 0: types and settings every layer uses
     {"actions", "config", "drafts", "observation", "control", "loopback", "processes", "msg"},
     # 1: pure helpers over them: filters, robot model, datastore, bags, message conversion
-    {"kalman", "kinematics", "retrieval", "bags", "ros_io"},
-    # 2: the arm's motion and what is computed from it
-    {"motion", "boundary"},
+    {"kalman", "kinematics", "retrieval", "bags", "ros_io", "boundary"},
+    # 2: the arm's motion (state estimation; its policies are in boundary)
+    {"motion"},
     # 3: the target models
     {"policy"},
     # 4: decoding on top of the models, the drafters, the motion and the datastore

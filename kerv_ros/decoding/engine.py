@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from kerv_ros.actions import ACTION_DIMS, bin_to_token, token_to_bin
-from kerv_ros.boundary import fused_metric
+from kerv_ros.boundary import fused_metric, may_compensate
 from kerv_ros.config import EngineConfig
 from kerv_ros.decoding.acceptance import SequenceAcceptance, TokenAcceptance
 from kerv_ros.decoding.drafter import Drafter, DraftSession
@@ -384,7 +384,7 @@ class DecodeEngine:
 
         In ``kerv`` and ``hybrid``, a verify that leaves the step short may end it: the
         verifier's correction stands, and the dimensions after it come from the Kalman filter's
-        prediction when the tracker judges it confident (:meth:`MotionTracker.may_compensate`).
+        prediction when KERV's gate allows it (:func:`kerv_ros.boundary.may_compensate`).
         """
         compensate = self.plan.compensation and prior is not None
         first_verify = True
@@ -416,7 +416,9 @@ class DecodeEngine:
             if len(result.tokens) == ACTION_DIMS:
                 break
             rest = list(range(len(result.tokens), ACTION_DIMS))
-            if compensate and self.motion.may_compensate(prior, rest):
+            if compensate and may_compensate(
+                prior.nis, prior.std[rest], self.motion.steps_since_compensation, self.config.kerv
+            ):
                 tokenizer = self.backend.action_tokenizer
                 result.tokens += tokenizer.encode(prior.mean[rest]).tolist()
                 result.sources += [TokenSource.KALMAN] * len(rest)
