@@ -225,6 +225,10 @@ def test_ros2_run_starts_the_node(tmp_path):
     try:
         wait_until(lambda: "/kerv_run" in ros2("node", "list"))
         assert "unconfigured" in ros2("lifecycle", "get", "/kerv_run")
+        # The README's hardware sequence: configure, then activate, by hand.
+        assert "Transitioning successful" in ros2("lifecycle", "set", "/kerv_run", "configure")
+        assert "Transitioning successful" in ros2("lifecycle", "set", "/kerv_run", "activate")
+        assert "active" in ros2("lifecycle", "get", "/kerv_run")
     finally:
         stop(proc)
     assert proc.returncode == 0
