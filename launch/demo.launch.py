@@ -11,12 +11,14 @@ from pathlib import Path
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, LogInfo, RegisterEventHandler
-from launch.event_handlers import OnProcessExit
-from launch.events import Shutdown
+from launch.event_handlers import OnProcessExit, OnProcessStart
+from launch.events import Shutdown, matches_action
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
 from launch_ros.parameter_descriptions import ParameterValue
+from lifecycle_msgs.msg import Transition
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -54,9 +56,26 @@ def generate_launch_description() -> LaunchDescription:
             {
                 "model": LaunchConfiguration("model_path"),
                 "mode": LaunchConfiguration("mode"),
-                "autostart": True,
             },
         ],
+    )
+
+    # The launch drives the transitions itself (not the node's autostart): its ChangeState calls
+    # wait for the node's services, so it cannot miss the transition events it waits for.
+    def change(transition: int) -> EmitEvent:
+        return EmitEvent(
+            event=ChangeState(lifecycle_node_matcher=matches_action(kerv), transition_id=transition)
+        )
+
+    configure = RegisterEventHandler(
+        OnProcessStart(target_action=kerv, on_start=[change(Transition.TRANSITION_CONFIGURE)])
+    )
+    activate = RegisterEventHandler(
+        OnStateTransition(
+            target_lifecycle_node=kerv,
+            goal_state="inactive",
+            entities=[change(Transition.TRANSITION_ACTIVATE)],
+        )
     )
     start_sim = RegisterEventHandler(
         OnStateTransition(target_lifecycle_node=kerv, goal_state="active", entities=[sim])
@@ -70,4 +89,4 @@ def generate_launch_description() -> LaunchDescription:
             ],
         )
     )
-    return LaunchDescription([*args, kerv, start_sim, finish])
+    return LaunchDescription([*args, configure, activate, start_sim, finish, kerv])

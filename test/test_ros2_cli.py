@@ -237,7 +237,7 @@ def test_ros2_run_starts_the_node(tmp_path):
 def test_demo_launch_starts_episodes_once_active_and_ends_with_a_summary(tmp_path):
     """``ros2 launch kerv_ros demo.launch.py``: no episode before kerv_node is active, and the
     launch returns by itself after the last one, with the summary."""
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [
             ROS2,
             "launch",
@@ -248,13 +248,18 @@ def test_demo_launch_starts_episodes_once_active_and_ends_with_a_summary(tmp_pat
             "mode:=ar",
             "model_path:=default",
         ],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=300,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         start_new_session=True,
     )
-    out = proc.stdout + proc.stderr
+    try:
+        out, _ = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        stop(proc)  # Ctrl-C to the whole launch: no orphaned node or simulator
+        out, _ = proc.communicate()
+        raise AssertionError(f"demo launch did not end by itself:\n{out[-3000:]}") from None
     assert proc.returncode == 0, out[-3000:]
     assert "summary: reach " in out and "demo done" in out
     assert out.index("active: commanding") < out.index("episode reach seed 1000")
