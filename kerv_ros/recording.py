@@ -84,19 +84,51 @@ def subscribe_raw(node, types: dict[str, str], callback) -> None:
         )
 
 
-def _discover(node, topics: list[str], timeout_s: float) -> dict[str, str]:
-    """Types of ``topics``: kerv_node's are known; others are looked up in the graph."""
-    types = {t: NODE_TOPICS[t] for t in topics if t in NODE_TOPICS}
-    deadline = time.monotonic() + timeout_s
-    while len(types) < len(topics) and time.monotonic() < deadline:
-        for name, names in node.get_topic_names_and_types():
-            if name in topics and names:
-                types[name] = names[0]
-        time.sleep(0.1)
-    unknown = [t for t in topics if t not in types]
-    if unknown:
-        raise ValueError(f"no publisher seen for {', '.join(unknown)} in {timeout_s:.0f} s")
-    return types
+def _offered_qos(node, topic: str) -> QoSProfile | None:
+    """A subscription QoS that matches every publisher now on ``topic``; None if there is none.
+
+    As ``ros2 bag record`` adapts: reliable (transient local) only when every publisher offers
+    it, so a reliable source (a replay, kerv_node's outputs) is recorded without loss and a
+    best-effort camera still matches.
+    """
+    offered = [info.qos_profile for info in node.get_publishers_info_by_topic(topic)]
+    if not offered:
+        return None
+    reliable = all(q.reliability == ReliabilityPolicy.RELIABLE for q in offered)
+    latched = all(q.durability == DurabilityPolicy.TRANSIENT_LOCAL for q in offered)
+    return QoSProfile(
+        depth=50,
+        reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
+        durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE,
+    )
+
+
+def _subscribe_when_published(node, pending: dict[str, str | None], callback) -> None:
+    """Subscribe raw to each topic of ``pending`` (topic -> type or None) that has a publisher.
+
+    Called on every spin: a topic is subscribed when its first publisher appears, with that
+    publisher's QoS and, for topics kerv_node does not own, the type the graph reports.
+    """
+    graph_types = dict(node.get_topic_names_and_types())
+    for topic in list(pending):
+        msgtype = pending[topic] or (graph_types.get(topic) or [None])[0]
+        qos = _offered_qos(node, topic) if msgtype else None
+        if qos is None:
+            continue
+        node.create_subscription(
+            message_class(msgtype),
+            topic,
+            lambda raw, topic=topic, msgtype=msgtype: callback(topic, msgtype, raw),
+            qos,
+            raw=True,
+        )
+        del pending[topic]
+        log.info(
+            "recording %s (%s, %s)",
+            topic,
+            qos.reliability.name.lower(),
+            qos.durability.name.lower(),
+        )
 
 
 def record(
@@ -104,9 +136,12 @@ def record(
     topics: list[str],
     storage: str = "mcap",
     duration_s: float | None = None,
-    discovery_timeout_s: float = 5.0,
 ) -> dict[str, int]:
-    """Record ``topics`` into a new bag until ``duration_s`` passes or Ctrl-C; message counts."""
+    """Record ``topics`` into a new bag until ``duration_s`` passes or Ctrl-C; message counts.
+
+    Topics are subscribed as their publishers appear (before that, nothing could be received),
+    so the recorder may be started before the node, a replay or the camera.
+    """
     if output.exists():
         raise FileExistsError(f"{output} exists; choose a new bag path")
     counts = {topic: 0 for topic in topics}
@@ -115,21 +150,24 @@ def record(
     node = rclpy.create_node("kerv_record")
     writer = None
     try:
-        types = _discover(node, topics, discovery_timeout_s)
         writer = bags.BagWriter(output, storage).__enter__()
 
         def on_message(topic: str, msgtype: str, raw: bytes) -> None:
             writer.write_raw(topic, msgtype, time.time_ns(), raw)
             counts[topic] += 1
 
-        subscribe_raw(node, types, on_message)
-        log.info("recording %s into %s", ", ".join(types), output)
+        pending = {topic: NODE_TOPICS.get(topic) for topic in topics}
+        log.info("recording into %s: %s", output, ", ".join(topics))
         end = time.monotonic() + duration_s if duration_s else None
         try:
             while rclpy.ok() and (end is None or time.monotonic() < end):
+                if pending:
+                    _subscribe_when_published(node, pending, on_message)
                 rclpy.spin_once(node, timeout_sec=0.1)
         except KeyboardInterrupt:
             pass
+        if pending:
+            log.warning("no publisher seen on %s: nothing recorded there", ", ".join(pending))
     finally:
         if writer is not None:
             writer.__exit__(None, None, None)
@@ -145,7 +183,7 @@ def replay(
     loop: bool = False,
     start_s: float = 0.0,
     progress: bool = True,
-    wait_s: float = 3.0,
+    wait_s: float = 5.0,
     restamp: bool = True,
 ) -> int:
     """Publish ``topics`` of the bag (default: the node's inputs) with their timing.
@@ -176,7 +214,14 @@ def replay(
     _join_graph()
     rclpy.init()
     node = rclpy.create_node("kerv_replay")
-    publishers = {t: node.create_publisher(message_class(present[t]), t, _qos(t)) for t in wanted}
+    # Reliable, whatever the source offered: a reliable writer still serves best-effort
+    # readers (the node's sensor subscriptions), and a recorder of the replay misses nothing.
+    publishers = {
+        t: node.create_publisher(
+            message_class(present[t]), t, LATCHED if t == bags.INSTRUCTION_TOPIC else RELIABLE
+        )
+        for t in wanted
+    }
     stamped = {
         t: message_class(present[t])
         for t in wanted
