@@ -9,8 +9,11 @@ rclpy's ``serialize_message`` of messages with empty arrays are not always accep
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
@@ -48,10 +51,131 @@ def bag_paths(paths: list[Path]) -> list[Path]:
     return found
 
 
-def latest_index(stamps, t) -> int | None:
-    """Index of the last stamp <= t (stamps sorted), or None: the message in force at t."""
-    index = int(np.searchsorted(np.asarray(stamps), t, side="right")) - 1
-    return index if index >= 0 else None
+class BagError(ValueError):
+    """A bag that cannot be read as a recording of kerv_node's topics (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """One recorded message on the recording's alignment clock.
+
+    ``t`` (ns) is the header stamp where the message has one; a message without a header
+    (instruction, gripper command) is placed on the same clock by its receive time less the
+    receive delay of the stamped message received just before it. So a bag whose sensors
+    stamp on another clock than the recorder's (a replay with its recorded stamps, a camera
+    stamping from its own clock) pairs its messages as the live node paired them.
+    """
+
+    t: int
+    received: int
+    msg: Any
+
+
+class Stream:
+    """One topic's messages in alignment-clock order, with the lookups every reader needs."""
+
+    def __init__(self, messages: list[Message]) -> None:
+        self.messages = sorted(messages, key=lambda m: m.t)
+        self.times = np.array([m.t for m in self.messages], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def __iter__(self):
+        return iter(self.messages)
+
+    def at(self, t: int) -> Message | None:
+        """The message in force at ``t``: the newest at or before it, or None."""
+        i = int(np.searchsorted(self.times, t, side="right")) - 1
+        return self.messages[i] if i >= 0 else None
+
+    def first_from(self, start: int, stop: int) -> Message | None:
+        """The first message in [start, stop), or None."""
+        i = int(np.searchsorted(self.times, start, side="left"))
+        return self.messages[i] if i < len(self) and self.times[i] < stop else None
+
+
+def read_streams(
+    path: Path, topics: Mapping[str, str], required: Iterable[str] = ()
+) -> dict[str, Stream]:
+    """The messages of ``topics`` (topic -> expected type) in ``path``, deserialised, aligned.
+
+    Every reader of recordings (training, the datastore builder, offline evaluation) goes
+    through here, so a bag pairs the same way for all of them. Topics absent from the bag get
+    an empty stream; a ``required`` one absent, a topic of another type, or an unreadable bag
+    raise :class:`BagError` naming the bag.
+    """
+    from rosbags.rosbag2 import Reader
+
+    store = typestore()
+    try:
+        reader = Reader(path)
+        reader.open()
+    except Exception as err:  # rosbags raises several types for unreadable metadata/storage
+        raise BagError(f"{path}: cannot open the bag: {type(err).__name__}: {err}") from err
+    try:
+        present = {c.topic: c.msgtype for c in reader.connections}
+        missing = sorted(set(required) - set(present))
+        if missing:
+            raise BagError(f"{path}: bag lacks topic(s) {', '.join(missing)}")
+        for topic, msgtype in present.items():
+            if topic in topics and msgtype != topics[topic]:
+                expected = topics[topic]
+                raise BagError(f"{path}: topic {topic} has type {msgtype}, expected {expected}")
+            if topic in topics and msgtype not in store.types:
+                raise BagError(f"{path}: topic {topic} has unknown message type {msgtype}")
+        connections = [c for c in reader.connections if c.topic in topics]
+        raw = []
+        try:
+            for connection, received, data in reader.messages(connections=connections):
+                msg = store.deserialize_cdr(data, connection.msgtype)
+                raw.append((connection.topic, received, msg))
+        except Exception as err:  # a corrupt chunk or message surfaces here
+            raise BagError(
+                f"{path}: cannot read its messages (corrupt?): {type(err).__name__}: {err}"
+            ) from err
+    finally:
+        reader.close()
+    return _align(raw, topics)
+
+
+def _align(raw: list[tuple[str, int, Any]], topics: Iterable[str]) -> dict[str, Stream]:
+    """Messages in receive order -> streams on the header clock (see :class:`Message`)."""
+    stamped = [(r, _stamp_ns(m)) for _, r, m in raw if _stamp_ns(m) is not None]
+    delay = stamped[0][0] - stamped[0][1] if stamped else 0
+    out: dict[str, list[Message]] = {topic: [] for topic in topics}
+    for topic, received, msg in sorted(raw, key=lambda item: item[1]):
+        stamp = _stamp_ns(msg)
+        if stamp is not None:
+            delay = received - stamp
+        out[topic].append(Message(received - delay if stamp is None else stamp, received, msg))
+    return {topic: Stream(messages) for topic, messages in out.items()}
+
+
+def _stamp_ns(msg) -> int | None:
+    header = getattr(msg, "header", None)
+    if header is None:
+        return None
+    return int(header.stamp.sec) * 10**9 + int(header.stamp.nanosec)
+
+
+def command_stream(streams: Mapping[str, Stream], period_s: float) -> Stream:
+    """Each recorded twist as the raw 7-D action it amounts to (``Message.msg``), in time order.
+
+    Its gripper opening is the last gripper command before the next twist: kerv_node publishes
+    the gripper just after the twist of the same step (the simulator writes both at one time),
+    and before any, the gripper is open.
+    """
+    twists = streams[TWIST_TOPIC]
+    grippers = streams.get(GRIPPER_TOPIC) or Stream([])
+    commands = []
+    for i, twist in enumerate(twists):
+        end = twists.times[i + 1] - 1 if i + 1 < len(twists) else np.iinfo(np.int64).max
+        gripper = grippers.at(end)
+        opening = gripper.msg.data if gripper is not None else 1.0
+        action = np.array(command_action(twist.msg, opening, period_s))
+        commands.append(Message(twist.t, twist.received, action))
+    return Stream(commands)
 
 
 def custom_data(path: Path) -> dict:

@@ -49,44 +49,6 @@ class Ticks:
     """Raw 7-D action the recorded command amounts to (None where the bag has none)."""
 
 
-def _read_messages(path: Path) -> dict[str, list[tuple[int, object]]]:
-    """Deserialised messages of the topics evaluation uses; clear errors for anything else."""
-    from rosbags.rosbag2 import Reader
-
-    store = bags.typestore()
-    wanted = {**REQUIRED, **OPTIONAL}
-    try:
-        reader = Reader(path)
-        reader.open()
-    except Exception as err:  # rosbags raises several types for unreadable metadata/storage
-        raise ValueError(f"{path}: cannot open the bag: {type(err).__name__}: {err}") from err
-    try:
-        present = {c.topic: c.msgtype for c in reader.connections}
-        missing = sorted(set(REQUIRED) - set(present))
-        if missing:
-            raise ValueError(f"{path}: bag lacks topic(s) {', '.join(missing)}")
-        for topic, msgtype in present.items():
-            if topic in wanted and msgtype != wanted[topic]:
-                raise ValueError(
-                    f"{path}: topic {topic} has type {msgtype}, expected {wanted[topic]}"
-                )
-            if topic in wanted and msgtype not in store.types:
-                raise ValueError(f"{path}: topic {topic} has unknown message type {msgtype}")
-        connections = [c for c in reader.connections if c.topic in wanted]
-        streams: dict[str, list[tuple[int, object]]] = {topic: [] for topic in wanted}
-        try:
-            for connection, stamp, raw in reader.messages(connections=connections):
-                msg = store.deserialize_cdr(raw, connection.msgtype)
-                streams[connection.topic].append((stamp, msg))
-        except Exception as err:  # a corrupt chunk or message surfaces here
-            raise ValueError(
-                f"{path}: cannot read its messages (corrupt?): {type(err).__name__}: {err}"
-            ) from err
-    finally:
-        reader.close()
-    return streams
-
-
 def read_ticks(
     path: Path,
     control_rate_hz: float = 10.0,
@@ -96,35 +58,29 @@ def read_ticks(
     """The control ticks of one bag: one per camera image, thinned to the control rate.
 
     Images closer than 0.9 control periods to the previous tick (a faster camera) are skipped.
-    Each tick takes the newest joint state whose header stamp is at or before the image's,
-    the instruction last received before it, and the first command stamped in its period.
+    Each tick takes the newest joint state at or before the image, the instruction in force
+    (a latched one may arrive just after the first image), and the first command in its period,
+    all on the bag's one alignment clock (``bags.read_streams``).
     """
-    streams = _read_messages(path)
-    period = 1.0 / control_rate_hz
-    joints = sorted(streams[bags.JOINT_STATES_TOPIC], key=lambda m: _stamp(m[1]))
-    joint_stamps = np.array([_stamp(msg) for _, msg in joints])
-    twists = sorted(streams[bags.TWIST_TOPIC], key=lambda m: _stamp(m[1]))
-    twist_stamps = np.array([_stamp(msg) for _, msg in twists])
-    grippers = streams[bags.GRIPPER_TOPIC]
-    gripper_times = np.array([t for t, _ in grippers], dtype=np.int64)
+    streams = bags.read_streams(path, {**REQUIRED, **OPTIONAL}, required=REQUIRED)
+    period_ns = int(1e9 / control_rate_hz)
+    commands = bags.command_stream(streams, 1.0 / control_rate_hz)
     instructions = streams[bags.INSTRUCTION_TOPIC]
-    instruction_times = np.array([t for t, _ in instructions], dtype=np.int64)
+    if not len(instructions):
+        raise ValueError(f"{path}: no message on {bags.INSTRUCTION_TOPIC}")
     ticks = Ticks(Path(path))
-    images = sorted(streams[bags.IMAGE_TOPIC], key=lambda m: _stamp(m[1]))
-    last = -np.inf
-    for index, (received, image) in enumerate(images):
-        stamp = _stamp(image)
-        if stamp - last < 0.9 * period:
+    last = None
+    for index, image in enumerate(streams[bags.IMAGE_TOPIC]):
+        if last is not None and image.t - last < 0.9 * period_ns:
             continue
-        j = bags.latest_index(joint_stamps, stamp)
-        if j is None:
+        joints = streams[bags.JOINT_STATES_TOPIC].at(image.t)
+        if joints is None:
             continue  # no joint state yet: the node would not command either
-        # A latched instruction may arrive just after the first image.
-        k = bags.latest_index(instruction_times, received) or 0
-        last = stamp
+        instruction = instructions.at(image.t) or instructions.messages[0]
+        last = image.t
         try:
-            rgb = image_to_rgb(image)
-            sample = joint_sample(joints[j][1], joint_names)
+            rgb = image_to_rgb(image.msg)
+            sample = joint_sample(joints.msg, joint_names)
         except InputError as err:
             raise ValueError(f"{path}: message {index} of {bags.IMAGE_TOPIC}: {err}") from err
         if image_size and rgb.shape[:2] != (image_size, image_size):
@@ -132,35 +88,17 @@ def read_ticks(
         ticks.observations.append(
             Observation(
                 rgb,
-                instructions[k][1].data,
+                instruction.msg.data,
                 sample.positions,
                 sample.velocities,
-                stamp=_stamp(joints[j][1]),
+                stamp=stamp_seconds(joints.msg.header.stamp),
             )
         )
-        ticks.commands.append(
-            _command(twists, twist_stamps, grippers, gripper_times, stamp, period)
-        )
+        command = commands.first_from(image.t, image.t + period_ns)
+        ticks.commands.append(None if command is None else command.msg)
     if not ticks.observations:
         raise ValueError(f"{path}: no control ticks (no image with a joint state before it)")
     return ticks
-
-
-def _stamp(msg) -> float:
-    return stamp_seconds(msg.header.stamp)
-
-
-def _command(twists, twist_stamps, grippers, gripper_times, stamp: float, period: float):
-    """The command the recorded node sent for the tick at ``stamp`` (first in its period)."""
-    if not len(twist_stamps):
-        return None
-    i = int(np.searchsorted(twist_stamps, stamp, side="left"))
-    if i >= len(twists) or twist_stamps[i] >= stamp + period:
-        return None
-    received, twist = twists[i]
-    g = bags.latest_index(gripper_times, received)
-    gripper = grippers[g][1].data if g is not None else 1.0
-    return np.array(bags.command_action(twist, gripper, period))
 
 
 def recorded_errors(

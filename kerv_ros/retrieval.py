@@ -271,36 +271,20 @@ def read_bag_episodes(
     of bags in seconds. Real recordings of kerv_node and the simulator's demonstrations have the
     same topics (``bags.py``).
     """
-    from rosbags.rosbag2 import Reader
     from tqdm import tqdm
 
     from kerv_ros import bags
 
-    store = bags.typestore()
-    period = 1.0 / control_rate_hz
+    topics = {bags.TWIST_TOPIC: bags.TWIST_STAMPED, bags.GRIPPER_TOPIC: bags.FLOAT64}
     episodes = []
     for path in tqdm(bags.bag_paths(paths), desc="read bags", unit="bag", disable=not progress):
         if bags.failed_demonstration(bags.custom_data(path)):
             continue
-        with Reader(path) as reader:
-            wanted = [
-                c for c in reader.connections if c.topic in (bags.TWIST_TOPIC, bags.GRIPPER_TOPIC)
-            ]
-            if not any(c.topic == bags.TWIST_TOPIC for c in wanted):
-                raise ValueError(f"{path}: no {bags.TWIST_TOPIC} to take actions from")
-            twists, grippers = [], []
-            for connection, stamp, raw in reader.messages(connections=wanted):
-                msg = store.deserialize_cdr(raw, connection.msgtype)
-                store_in = grippers if connection.topic == bags.GRIPPER_TOPIC else twists
-                store_in.append((stamp, msg))
-        # Each command's gripper is the newest at or before its stamp (the node writes both with
-        # one stamp), as training aligns them.
-        gripper_stamps = np.array([stamp for stamp, _ in grippers], dtype=np.int64)
-        actions = []
-        for stamp, twist in twists:
-            g = bags.latest_index(gripper_stamps, stamp)
-            gripper = grippers[g][1].data if g is not None else 1.0
-            actions.append(bags.command_action(twist, gripper, period))
-        if actions:
-            episodes.append(np.array(actions))
+        try:
+            streams = bags.read_streams(path, topics, required=[bags.TWIST_TOPIC])
+        except bags.BagError as err:
+            raise ValueError(f"{err} (to take actions from)") from err
+        commands = bags.command_stream(streams, 1.0 / control_rate_hz)
+        if len(commands):
+            episodes.append(np.stack([command.msg for command in commands]))
     return episodes

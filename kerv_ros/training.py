@@ -1,9 +1,10 @@
 """Training the default policy and the drafter from rosbag2 demonstrations.
 
-Demonstrations are read the way a real recording is: every twist command is paired with the
-newest camera image, joint state, gripper command and instruction at or before it, so bags
-recorded on an arm running kerv_node (or any MoveIt Servo commander) train the same way as the
-simulator's.
+Demonstrations are read the way a real recording is: every twist command (with the gripper
+command published beside it) is paired with the newest camera image, joint state and
+instruction at or before it on the bag's alignment clock (``bags.read_streams``, which offline
+evaluation and the datastore builder read through too), so bags recorded on an arm running
+kerv_node (or any MoveIt Servo commander) train the same way as the simulator's.
 
 The policy is trained with teacher forcing on OpenVLA action tokens (cross-entropy over the 256
 action rows). The drafter follows Spec-VLA's recipe on the target's own outputs: the target
@@ -22,7 +23,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from rosbags.rosbag2 import Reader
 from torch import nn
 from tqdm import tqdm
 
@@ -61,45 +61,40 @@ def load_demonstrations(
     progress: bool = True,
 ) -> Demonstrations:
     """Read command-aligned samples from rosbag2 files (see the module docstring)."""
-    store = bags.typestore()
-    period = 1.0 / control_rate_hz
+    topics = {
+        bags.IMAGE_TOPIC: bags.IMAGE,
+        bags.JOINT_STATES_TOPIC: bags.JOINT_STATE,
+        bags.INSTRUCTION_TOPIC: bags.STRING,
+        bags.TWIST_TOPIC: bags.TWIST_STAMPED,
+        bags.GRIPPER_TOPIC: bags.FLOAT64,
+    }
     images, states, instructions, actions, episodes, metadata = [], [], [], [], [], []
     for path in tqdm(bags.bag_paths(paths), desc="read bags", disable=not progress):
         meta = bags.custom_data(path)
         if bags.failed_demonstration(meta):
             log.info("%s: skipped, the demonstrator failed (kerv.success False)", path)
             continue
-        streams: dict[str, list] = {}
-        with Reader(path) as reader:
-            for connection, stamp, raw in reader.messages():
-                streams.setdefault(connection.topic, []).append(
-                    (stamp, store.deserialize_cdr(raw, connection.msgtype))
-                )
-        missing = {bags.IMAGE_TOPIC, bags.JOINT_STATES_TOPIC, bags.TWIST_TOPIC} - set(streams)
-        if missing or bags.INSTRUCTION_TOPIC not in streams:
-            log.warning("%s: skipped, lacks %s", path, sorted(missing) or ["instruction"])
+        streams = bags.read_streams(path, topics)
+        lacking = [t for t in topics if t != bags.GRIPPER_TOPIC and not len(streams[t])]
+        if lacking:
+            log.warning("%s: skipped, lacks %s", path, lacking)
             continue
         metadata.append(meta)
         episode = len(metadata) - 1
-        lookup = {topic: [s for s, _ in items] for topic, items in streams.items()}
-        for stamp, twist in streams[bags.TWIST_TOPIC]:
-            i = bags.latest_index(lookup[bags.IMAGE_TOPIC], stamp)
-            j = bags.latest_index(lookup[bags.JOINT_STATES_TOPIC], stamp)
-            k = bags.latest_index(lookup[bags.INSTRUCTION_TOPIC], stamp)
-            if i is None or j is None or k is None:
+        for command in bags.command_stream(streams, 1.0 / control_rate_hz):
+            image = streams[bags.IMAGE_TOPIC].at(command.t)
+            joints = streams[bags.JOINT_STATES_TOPIC].at(command.t)
+            instruction = streams[bags.INSTRUCTION_TOPIC].at(command.t)
+            if image is None or joints is None or instruction is None:
                 continue
-            g = bags.latest_index(lookup.get(bags.GRIPPER_TOPIC, []), stamp)
-            gripper = streams[bags.GRIPPER_TOPIC][g][1].data if g is not None else 1.0
-            image = streams[bags.IMAGE_TOPIC][i][1]
-            rgb = image_to_rgb(image)
+            rgb = image_to_rgb(image.msg)
             if rgb.shape[:2] != (image_size, image_size):
                 rgb = cv2.resize(rgb, (image_size, image_size), interpolation=cv2.INTER_AREA)
-            joints = streams[bags.JOINT_STATES_TOPIC][j][1]
-            index = {name: n for n, name in enumerate(joints.name)}
-            states.append([joints.position[index[name]] for name in joint_names])
+            index = {name: n for n, name in enumerate(joints.msg.name)}
+            states.append([joints.msg.position[index[name]] for name in joint_names])
             images.append(rgb)
-            instructions.append(streams[bags.INSTRUCTION_TOPIC][k][1].data)
-            actions.append(bags.command_action(twist, gripper, period))
+            instructions.append(instruction.msg.data)
+            actions.append(command.msg)
             episodes.append(episode)
     if not images:
         raise ValueError("no command-aligned samples in the bags")
