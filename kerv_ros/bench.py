@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from tqdm import tqdm
 
+from kerv_ros import report
 from kerv_ros.config import ENGINE_PARAMS, MODES, EngineConfig, config_from_params
 from kerv_ros.decoding.drafter import Drafter
 from kerv_ros.decoding.engine import DecodeEngine, StepResult, TokenSource
@@ -141,7 +142,6 @@ def summarise(results: dict[str, list[StepResult]]) -> dict[str, dict[str, float
     ar_actions = np.array([r.action for r in ar])
     summary = {}
     for mode, steps in results.items():
-        step_ms = float(np.median([r.timings.total_ms for r in steps]))
         decode_ms = float(np.median([r.timings.decode_ms for r in steps]))
         accepted = [n for r in steps for n in r.accepted_lengths]
         tokens = np.array([r.tokens for r in steps])
@@ -149,12 +149,12 @@ def summarise(results: dict[str, list[StepResult]]) -> dict[str, dict[str, float
         first_error = [int(np.argmax(row)) + 1 for row in differ if row.any()]
         errors = np.abs(np.array([r.action for r in steps]) - ar_actions)
         summary[mode] = {
-            "target_forwards_per_step": float(np.mean([r.target_forwards for r in steps])),
+            **report.step_figures(
+                [r.timings.total_ms for r in steps], [r.target_forwards for r in steps], accepted
+            ),
             "draft_forwards_per_step": float(np.mean([r.draft_forwards for r in steps])),
-            "mean_accepted_length": float(np.mean(accepted)) if accepted else 0.0,
-            "step_ms_median": step_ms,
             "decode_ms_median": decode_ms,
-            "speedup_vs_ar_step": float(ar_step / step_ms),
+            "speedup_vs_ar_step": float(ar_step / np.median([r.timings.total_ms for r in steps])),
             "speedup_vs_ar_decode": float(ar_decode / decode_ms),
             "token_mismatch_vs_ar": float(
                 np.mean(np.abs(np.array([r.tokens for r in steps]) - ar_tokens))
@@ -197,39 +197,3 @@ def _source_mix(steps: list[StepResult]) -> dict[str, float]:
         source.name.lower(): float(np.mean([s == source for s in sources]))
         for source in TokenSource
     }
-
-
-COLUMNS = (
-    ("target_forwards_per_step", "tgt fwd/step", "{:.2f}"),
-    ("draft_forwards_per_step", "drf fwd/step", "{:.2f}"),
-    ("mean_accepted_length", "acc len", "{:.2f}"),
-    ("step_ms_median", "step ms", "{:.1f}"),
-    ("decode_ms_median", "decode ms", "{:.1f}"),
-    ("speedup_vs_ar_step", "speedup step", "{:.2f}x"),
-    ("speedup_vs_ar_decode", "speedup decode", "{:.2f}x"),
-    ("token_mismatch_vs_ar", "|tok-ar| bins", "{:.3f}"),
-    ("action_error_vs_ar", "|act-ar|", "{:.4f}"),
-    ("compensated_dims_per_step", "comp dims", "{:.2f}"),
-    ("threshold_mean", "r mean", "{:.1f}"),
-    ("kalman_error_vs_ar", "|kf-ar|", "{:.4f}"),
-    ("verify_skipped_share", "skipped", "{:.2f}"),
-)
-MIX_COLUMNS = (("drafter", "drf"), ("retrieval", "ret"), ("kalman", "kf"), ("verifier", "ver"))
-"""Draft source mix: share of each step's tokens 2..7 by who produced them."""
-
-
-def format_table(summary: dict[str, dict[str, float]]) -> str:
-    """A plain-text table, one row per mode."""
-    header = ["mode", *(title for _, title, _ in COLUMNS), *(title for _, title in MIX_COLUMNS)]
-    rows = [
-        [
-            mode,
-            *("-" if values[key] is None else fmt.format(values[key]) for key, _, fmt in COLUMNS),
-            *(f"{values['draft_source_mix'][key]:.2f}" for key, _ in MIX_COLUMNS),
-        ]
-        for mode, values in summary.items()
-    ]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    head = "  ".join(cell.rjust(w) for cell, w in zip(header, widths, strict=True))
-    return "\n".join([head, "-" * len(head), *lines])

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from kerv_ros import bench
+from kerv_ros import bench, report
 from kerv_ros.config import (
     ENGINE_PARAMS,
     DraftConfig,
@@ -179,7 +179,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         datastore=datastore,
     )
     print(f"model: {args.model}   steps: {args.steps}   seed: {args.seed}")
-    print(bench.format_table(summary))
+    print(report.table(summary, report.BENCH))
     if args.json:
         payload = {"model": args.model, "steps": args.steps, "seed": args.seed, "modes": summary}
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -385,7 +385,7 @@ def _run_closed_loop(args: argparse.Namespace) -> int:
         progress=progress,
     )
     table = closed_loop.summarise(runs)
-    print(closed_loop.format_table(table))
+    print(report.table(table, report.SIM_RUN))
     closed_loop.plot(runs, args.output / "demo.png")
     payload = {
         "model": args.model,
@@ -645,7 +645,7 @@ def _offline_eval(args, backend, drafter, rows, curves, datastore) -> int:
         summary[row].update(recorded)
         per_dim = recorded["action_error_vs_recorded_per_dim"]
         summary[row]["action_error_vs_recorded"] = sum(per_dim) / len(per_dim) if per_dim else None
-    print(offline.markdown_table(summary))
+    print(report.table(summary, report.OFFLINE, markdown=True))
     out = args.output or Path("runs/eval")
     header = {
         "bags": names,
@@ -662,7 +662,7 @@ def _offline_eval(args, backend, drafter, rows, curves, datastore) -> int:
 def _closed_loop_eval(args, backend, drafter, rows, datastore) -> int:
     from kerv_ros.evaluation import closed_loop, summarise
 
-    report = {}
+    by_mode = {}
     for row, row_config in rows.items():
         results = closed_loop(
             backend,
@@ -673,8 +673,13 @@ def _closed_loop_eval(args, backend, drafter, rows, datastore) -> int:
             args.seed,
             datastore=datastore,
         )
-        report[row] = summarise(results)
-    table = _closed_loop_table(report)
+        by_mode[row] = summarise(results)
+    table = report.table(
+        [((mode, task), r) for mode, tasks in by_mode.items() for task, r in tasks.items()],
+        report.CLOSED_LOOP,
+        index=("mode", "task"),
+        markdown=True,
+    )
     print(table)
     if args.output:
         args.output.mkdir(parents=True, exist_ok=True)
@@ -683,9 +688,9 @@ def _closed_loop_eval(args, backend, drafter, rows, datastore) -> int:
             "seed": args.seed,
             "episodes": args.episodes,
             "params": args.param,
-            "closed_loop": report,
+            "closed_loop": by_mode,
         }
-        (args.output / "results.json").write_text(json.dumps(payload, indent=2))
+        (args.output / "results.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
         (args.output / "report.md").write_text(
             f"# kerv eval --closed-loop\n\nModel: {args.model}; {args.episodes} episodes per "
             f"task and mode from seed {args.seed}; parameters: {args.param or 'defaults'}\n\n"
@@ -694,24 +699,6 @@ def _closed_loop_eval(args, backend, drafter, rows, datastore) -> int:
         )
         print(f"wrote {args.output / 'results.json'} and {args.output / 'report.md'}")
     return 0
-
-
-def _closed_loop_table(report: dict) -> str:
-    """Markdown: success with its Wilson 95 % interval, episode length, time, forwards."""
-    lines = [
-        "| mode | task | success | 95 % CI | mean steps | step ms | tgt fwd/step | acc len |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for mode, tasks in report.items():
-        for task, r in tasks.items():
-            low, high = r["success_ci95"]
-            lines.append(
-                f"| {mode} | {task} | {r['successes']}/{r['episodes']} | "
-                f"{low:.0%}-{high:.0%} | {r['mean_episode_steps']:.1f} | "
-                f"{r['step_ms_median']:.1f} | {r['target_forwards_per_step']:.2f} | "
-                f"{r['mean_accepted_length']:.2f} |"
-            )
-    return "\n".join(lines)
 
 
 def _datastore_parser(sub: argparse._SubParsersAction) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
+from kerv_ros import report
 from kerv_ros.actions import GRIPPER
 from kerv_ros.config import PANDA_ARM_JOINTS, ControlConfig, EngineConfig
 from kerv_ros.control import action_to_twist, gripper_opening
@@ -147,8 +148,8 @@ def summarise(results: list[EpisodeResult]) -> dict[str, dict[str, float]]:
             "success_rate": wins / len(runs),
             "success_ci95": [low, high],
             "mean_episode_steps": float(np.mean([r.steps for r in runs])),
-            "step_ms_median": float(np.median([s.timings.total_ms for s in steps])),
-            "target_forwards_per_step": float(np.mean([s.target_forwards for s in steps])),
-            "mean_accepted_length": float(np.mean(accepted)) if accepted else 0.0,
+            **report.step_figures(
+                [s.timings.total_ms for s in steps], [s.target_forwards for s in steps], accepted
+            ),
         }
     return summary

@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from kerv_ros import bags
+from kerv_ros import bags, report
 from kerv_ros.actions import NormStats
 from kerv_ros.config import PANDA_ARM_JOINTS
 from kerv_ros.decoding.engine import StepResult
@@ -118,41 +118,6 @@ def recorded_errors(
     }
 
 
-# --- report -------------------------------------------------------------------------------
-
-REPORT_COLUMNS = (
-    ("target_forwards_per_step", "tgt fwd", "{:.2f}"),
-    ("draft_forwards_per_step", "drf fwd", "{:.2f}"),
-    ("mean_accepted_length", "acc len", "{:.2f}"),
-    ("average_first_error_position", "AFEP", "{:.2f}"),
-    ("steps_differing_from_ar", "steps != ar", "{:.0%}"),
-    ("action_error_vs_ar", "|act-ar|", "{:.4f}"),
-    ("token_mismatch_vs_ar", "|bin-ar|", "{:.2f}"),
-    ("action_error_vs_recorded", "|act-rec|", "{:.4f}"),
-    ("verify_skipped_share", "skipped", "{:.0%}"),
-    ("compensated_step_share", "compensated", "{:.0%}"),
-    ("step_ms_median", "step ms", "{:.1f}"),
-    ("step_ms_p90", "step p90", "{:.1f}"),
-    ("decode_ms_median", "decode ms", "{:.1f}"),
-    ("decode_ms_p90", "decode p90", "{:.1f}"),
-    ("speedup_vs_ar_step", "speed-up step", "{:.2f}x"),
-    ("speedup_vs_ar_decode", "speed-up decode", "{:.2f}x"),
-)
-
-
-def markdown_table(summary: dict[str, dict], columns=REPORT_COLUMNS) -> str:
-    """One row per mode; '-' where a value does not apply."""
-    head = "| mode | " + " | ".join(title for _, title, _ in columns) + " |"
-    rule = "|---" * (len(columns) + 1) + "|"
-    rows = []
-    for mode, values in summary.items():
-        cells = [
-            "-" if values.get(key) is None else fmt.format(values[key]) for key, _, fmt in columns
-        ]
-        rows.append(f"| {mode} | " + " | ".join(cells) + " |")
-    return "\n".join([head, rule, *rows])
-
-
 def write_report(
     out: Path,
     summary: dict[str, dict],
@@ -179,7 +144,7 @@ def write_report(
         f"Model: {header['model']}; {header['ticks']} control ticks; parameters: "
         f"{header['params'] or 'defaults'}",
         "",
-        markdown_table(summary),
+        report.table(summary, report.OFFLINE, markdown=True),
         "",
         "AFEP: 1-based position of the first token that differs from `ar`, over the steps that "
         "differ. `|act-rec|`: against the command recorded in the bag.",

@@ -46,7 +46,7 @@ def test_bench_json(tmp_path):
         str(out),
     )
     assert proc.returncode == 0, proc.stderr
-    assert "speedup step" in proc.stdout
+    assert "speed-up step" in proc.stdout
     data = json.loads(out.read_text())
     assert data["model"] == "random"
     assert data["steps"] == 2

@@ -73,7 +73,7 @@ def test_short_make_demo(tmp_path):
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "speed-up vs ar" in proc.stdout
+    assert "speed-up step" in proc.stdout
     results = json.loads((out / "results.json").read_text())
     assert set(results["modes"]) == {"ar", "hybrid"}
     for row in results["modes"].values():

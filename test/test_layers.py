@@ -11,8 +11,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kerv_ros"
 LAYERS = (
     # 0: types and settings every layer uses
     {"actions", "config", "drafts", "observation", "control", "loopback", "processes", "msg"},
-    # 1: pure helpers over them: filters, robot model, datastore, bags, message conversion
-    {"kalman", "kinematics", "retrieval", "bags", "ros_io", "boundary"},
+    # 1: pure helpers over them: filters, robot model, datastore, bags, message conversion,
+    # report tables
+    {"kalman", "kinematics", "retrieval", "bags", "ros_io", "boundary", "report"},
     # 2: the arm's motion (state estimation; its policies are in boundary)
     {"motion"},
     # 3: the target models
