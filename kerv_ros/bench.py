@@ -10,7 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from kerv_ros import report
-from kerv_ros.config import ENGINE_PARAMS, MODES, EngineConfig, config_from_params
+from kerv_ros.config import ENGINE_PARAMS, MODES, EngineConfig, config_from_params, parse_params
 from kerv_ros.decoding.drafter import Drafter
 from kerv_ros.decoding.engine import DecodeEngine, StepResult, TokenSource
 from kerv_ros.policy.backend import Observation, PolicyBackend
@@ -55,6 +55,38 @@ def row_config(base: EngineConfig, row: str) -> EngineConfig:
     if row not in MODES:
         raise ValueError(f"unknown mode or variant {row!r}; choose from {', '.join(ROWS)}")
     return base.with_mode(row)
+
+
+SWEEP_ALIASES = {"r": "relaxed_threshold"}
+
+
+def sweep_rows(
+    config: EngineConfig, rows: list[str], sweep: str | None
+) -> tuple[dict[str, EngineConfig], dict[str, list[tuple[float, str]]]]:
+    """Every row's configuration, plus one per value of a swept parameter for each non-ar row.
+
+    ``sweep`` is ``NAME=V1,V2,...`` (``r`` for ``relaxed_threshold``); the curves map
+    ``"<row> <name>"`` to (value, row name) points, the trade-off plot's input.
+    """
+    configs = {row: row_config(config, row) for row in rows}
+    curves: dict[str, list[tuple[float, str]]] = {}
+    if not sweep:
+        return configs, curves
+    name, sep, values = sweep.partition("=")
+    name = SWEEP_ALIASES.get(name, name)
+    if not sep or not values:
+        raise ValueError(f"--sweep {sweep!r}: expected NAME=V1,V2,...")
+    for row in rows:
+        if row == "ar":
+            continue
+        points = []
+        for text in values.split(","):
+            params = parse_params([f"{name}={text.strip()}"])
+            swept = f"{row}[{name}={text.strip()}]"
+            configs[swept] = config_from_params(configs[row], ENGINE_PARAMS, params).validate()
+            points.append((float(params[name]), swept))
+        curves[f"{row} {name}"] = points
+    return configs, curves
 
 
 def synthetic_observations(count: int, seed: int, size: int = 128) -> list[Observation]:

@@ -537,6 +537,33 @@ def params_of(config: object, params: tuple[Param, ...]) -> dict[str, object]:
     return {param.name: _get(config, param.path) for param in params}
 
 
+def parse_params(pairs: list[str], params: tuple[Param, ...] = ENGINE_PARAMS) -> dict[str, object]:
+    """``NAME=VALUE`` strings (the CLI's ``--param``) -> values typed like each default.
+
+    Ranges are checked when the values are applied (:func:`config_from_params` then
+    ``validate``), with the same reasons ``ros2 param set`` gets.
+    """
+    defaults = {p.name: _get(EngineConfig(), p.path) for p in params}
+    values: dict[str, object] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or name not in defaults:
+            raise ValueError(
+                f"--param {pair!r}: expected NAME=VALUE, NAME one of {', '.join(defaults)}"
+            )
+        kind = type(defaults[name])
+        if kind is bool:
+            if text.lower() not in ("true", "false"):
+                raise ValueError(f"--param {name} takes true or false, got {text!r}")
+            values[name] = text.lower() == "true"
+        else:
+            try:
+                values[name] = kind(text)
+            except ValueError as err:
+                raise ValueError(f"--param {name}: {text!r} is not a {kind.__name__}") from err
+    return values
+
+
 def config_from_params(config, params: tuple[Param, ...], values: dict[str, object]):
     """``config`` with the flat parameters ``values`` changed (not validated)."""
     by_name = {param.name: param for param in params}

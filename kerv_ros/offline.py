@@ -104,17 +104,26 @@ def read_ticks(
 def recorded_errors(
     steps: list[StepResult], commands: list[np.ndarray | None], norm_stats: NormStats
 ) -> dict[str, object]:
-    """Per-dimension |action - recorded command| in action units and bins (None if none)."""
+    """|action - recorded command| per dimension (action units, bins) and over all dimensions.
+
+    None where the bags hold no command to compare with.
+    """
     pairs = [(r.action, c) for r, c in zip(steps, commands, strict=True) if c is not None]
     if not pairs:
-        return {"action_error_vs_recorded_per_dim": None, "bin_error_vs_recorded_per_dim": None}
+        return {
+            "action_error_vs_recorded_per_dim": None,
+            "bin_error_vs_recorded_per_dim": None,
+            "action_error_vs_recorded": None,
+        }
     actions = np.array([a for a, _ in pairs])
     recorded = norm_stats.normalize(np.array([c for _, c in pairs]))
     bins = np.abs(to_bins(actions).astype(int) - to_bins(recorded).astype(int))
+    per_dim = np.abs(actions - recorded).mean(axis=0)
     return {
-        "action_error_vs_recorded_per_dim": np.abs(actions - recorded).mean(axis=0).tolist(),
+        "action_error_vs_recorded_per_dim": per_dim.tolist(),
         "bin_error_vs_recorded_per_dim": bins.mean(axis=0).tolist(),
         "recorded_steps": len(pairs),
+        "action_error_vs_recorded": float(per_dim.mean()),
     }
 
 

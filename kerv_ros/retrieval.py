@@ -262,6 +262,24 @@ class Datastore:
             )
 
 
+def lookup_timing(datastore: Datastore, samples: int = 500, seed: int = 0) -> dict[str, float]:
+    """Wall time (ms) of a first-token lookup of stored contexts (``kerv datastore info``)."""
+    import time
+
+    rng = np.random.default_rng(seed)
+    times = []
+    for i in rng.integers(0, len(datastore), size=samples):
+        start = time.perf_counter()
+        datastore.lookup(datastore.contexts[i], [int(datastore.bins[i, 0])])
+        times.append((time.perf_counter() - start) * 1e3)
+    return {
+        "samples": samples,
+        "median_ms": float(np.median(times)),
+        "p99_ms": float(np.percentile(times, 99)),
+        "max_ms": float(max(times)),
+    }
+
+
 def read_bag_episodes(
     paths: list[Path], control_rate_hz: float = 10.0, progress: bool = True
 ) -> list[np.ndarray]:

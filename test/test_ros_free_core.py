@@ -19,6 +19,8 @@ ROS_ADAPTERS = {
 def core_modules():
     names = []
     for info in pkgutil.walk_packages(kerv_ros.__path__, "kerv_ros."):
+        if info.name.endswith(".__main__"):
+            continue  # runs the tool when imported; its package is checked
         if not any(info.name == a or info.name.startswith(a + ".") for a in ROS_ADAPTERS):
             names.append(info.name)
     return names

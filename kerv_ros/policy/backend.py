@@ -71,6 +71,11 @@ class PolicyBackend(ABC):
     device: torch.device
     state_dim: int = 0
     """Joint positions the policy reads beside the image (0: none, as OpenVLA)."""
+    image_size: int | None = None
+    """Side of the square image the policy is given, where it must be given that size (the
+    default model): recordings are resized to it once, when read. None where the backend's
+    own processor resizes what the camera gives (OpenVLA), so recordings keep their size and
+    offline evaluation sees what the node sees."""
 
     @abstractmethod
     def prefill(self, observation: Observation) -> PrefillState:

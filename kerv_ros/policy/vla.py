@@ -183,6 +183,10 @@ class DefaultVLA(HFDecoderBackend):
     def state_dim(self) -> int:
         return self.config.state_dim
 
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
     def to(self, device: str | torch.device, dtype: torch.dtype = torch.float32) -> DefaultVLA:
         """The whole policy (model and state projector) on ``device`` in ``dtype``."""
         self.device = torch.device(device)

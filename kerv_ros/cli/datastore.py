@@ -1,0 +1,105 @@
+"""``kerv datastore`` (HeiSD's retrieval datastore) and ``kerv drafter import``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from kerv_ros.cli.common import frame_size, load, model_options, set_threads
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("datastore", help="HeiSD's retrieval datastore of past action steps")
+    ds = p.add_subparsers(dest="datastore_command", required=True)
+    b = ds.add_parser(
+        "build",
+        help="build a datastore from rosbag2 recordings or demonstrations",
+        description="Read the commanded actions (twist and gripper topics) of every bag, "
+        "normalise them with the model's statistics and index each step by the steps before it.",
+    )
+    b.add_argument("bags", nargs="+", type=Path, help="bags, or folders of bags")
+    b.add_argument("-o", "--output", type=Path, required=True, help="datastore .safetensors")
+    model_options(b, "default", drafts=False)
+    b.add_argument("--control-rate-hz", type=float, default=10.0)
+    b.add_argument(
+        "--relabel",
+        action="store_true",
+        help="store the model's own greedy actions on each recorded tick instead of the "
+        "recorded commands (slower: one ar decode per tick)",
+    )
+    b.add_argument("--threads", type=int, default=0, help="torch threads for --relabel")
+    b.set_defaults(func=run_build)
+    i = ds.add_parser("info", help="what a datastore holds and how fast it looks up")
+    i.add_argument("path", type=Path)
+    i.set_defaults(func=run_info)
+
+
+def add_drafter_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("drafter", help="drafters trained elsewhere")
+    dr = p.add_subparsers(dest="drafter_command", required=True)
+    i = dr.add_parser(
+        "import",
+        help="a Spec-VLA (EAGLE-1/2 layout) drafter directory as a kerv drafter",
+        description="Read config.json and model.safetensors or pytorch_model.bin (tensors only, "
+        "torch.load(weights_only=True)) and write kerv's drafter .safetensors + .json. Put it "
+        "beside the model as drafter.safetensors, or pass it as --drafter / drafter_path.",
+    )
+    i.add_argument("source", type=Path, help="the drafter checkpoint directory")
+    i.add_argument("--model", required=True, help="the target it drafts for (its width is checked)")
+    i.add_argument("-o", "--output", type=Path, required=True, help="drafter .safetensors")
+    i.set_defaults(func=run_drafter_import)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from kerv_ros.retrieval import Datastore, read_bag_episodes
+
+    start = time.perf_counter()
+    backend = load(args).backend
+    if args.relabel:
+        from kerv_ros.training import greedy_episodes, load_demonstrations
+
+        set_threads(args)
+        demos = load_demonstrations(args.bags, frame_size(backend), args.control_rate_hz)
+        episodes = greedy_episodes(backend, demos)
+    else:
+        episodes = read_bag_episodes(args.bags, args.control_rate_hz)
+    sources = sorted({str(path) for path in args.bags})
+    datastore = Datastore.from_episodes(episodes, backend.norm_stats, sources)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    datastore.save(args.output)
+    print(
+        f"wrote {args.output}: {len(datastore)} steps from {len(episodes)} episodes, "
+        f"{args.output.stat().st_size / 1e6:.2f} MB, {time.perf_counter() - start:.1f} s"
+    )
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from kerv_ros.retrieval import Datastore, lookup_timing
+
+    datastore = Datastore.load(args.path)
+    timing = lookup_timing(datastore)
+    print(f"{args.path}: {len(datastore)} steps, {int(datastore.episodes.max()) + 1} episodes")
+    print(f"sources: {', '.join(datastore.sources) or '-'}")
+    print(
+        f"lookup of a step's first token ({timing['samples']} stored contexts): median "
+        f"{timing['median_ms']:.3f} ms, p99 {timing['p99_ms']:.3f} ms, "
+        f"max {timing['max_ms']:.3f} ms"
+    )
+    return 0
+
+
+def run_drafter_import(args: argparse.Namespace) -> int:
+    from kerv_ros.decoding.drafter_import import import_specvla
+    from kerv_ros.loading import hidden_size_of
+
+    drafter = import_specvla(args.source, hidden_size_of(args.model))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    drafter.save(args.output)
+    params = sum(p.numel() for p in drafter.parameters())
+    print(
+        f"wrote {args.output} and {args.output.with_suffix('.json')}: "
+        f"{params / 1e6:.2f} M parameters"
+    )
+    return 0
