@@ -1,18 +1,20 @@
 """Configuration of the engine, the control loop and the model, as dataclasses.
 
-Each value lives here once. The parameter tables (``ENGINE_PARAMS``, ``CONTROL_PARAMS``,
-``MODEL_PARAMS``) give every setting its flat name (the ROS parameter of ``config/kerv.yaml``),
-its description and its allowed range; the node declares its parameters from them, the CLI
-maps its flags onto the same dataclasses, and :func:`problems` is the single place that decides
-whether a value is acceptable, so that a refused ``ros2 param set`` and a refused command-line
-flag give the same reason.
+Each value lives here once. A setting that is a ROS parameter is declared with :func:`param`,
+which keeps its description and allowed range on the field itself; the parameter tables
+(``ENGINE_PARAMS``, ``CONTROL_PARAMS``, ``MODEL_PARAMS``) are generated from the fields and give
+every setting its flat name (the ROS parameter of ``config/kerv.yaml``). The node declares its
+parameters from them, the CLI's ``--param`` maps onto the same dataclasses, and
+:func:`problems` is the single place that decides whether a value is acceptable, so that a
+refused ``ros2 param set`` and a refused command-line flag give the same reason.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import ClassVar
 
-from kerv_ros.actions import N_BINS
+from kerv_ros.actions import ACTION_DIMS, N_BINS
 
 MODES = ("ar", "spec", "spec_relaxed", "kerv", "heisd", "hybrid")
 """Decode modes this engine implements. ``ar`` is the greedy baseline; ``spec`` drafts with the
@@ -26,11 +28,11 @@ feature, is the table of ``decoding/modes.py``."""
 
 PANDA_ARM_JOINTS = tuple(f"panda_joint{i}" for i in range(1, 8))
 PANDA_EE_FRAME = "panda_grasptarget"
+"""Between the Panda's fingertips: the point the simulator moves and the policy aims at."""
 MAX_INSTRUCTION_CHARS = 512
 """Longest instruction taken (topic or parameter). OpenVLA-style prompts are a sentence; the
 prompt's tokens join the image patches in every prefill, so a long text makes every step slower
 (10,000 characters were measured at 3.2 s a step). Longer ones are refused with the reason."""
-"""Between the Panda's fingertips: the point the simulator moves and the policy aims at."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,36 @@ class Param:
     read_only: bool = False
 
 
+def param(
+    default: object,
+    description: str,
+    low: float | None = None,
+    high: float | None = None,
+    choices: tuple[str, ...] = (),
+    read_only: bool = False,
+):
+    """A dataclass field that is also a ROS parameter: its meaning and range live with it.
+
+    The flat name is the field's name after its class's ``PARAM_PREFIX`` (``kerv_r_min`` is
+    ``EngineConfig.kerv.r_min``); :func:`params_table` collects them.
+    """
+    spec = Param("", (), description, low, high, choices, read_only)
+    return field(default=default, metadata={"param": spec})
+
+
+def params_table(cls: type, path: tuple[str, ...] = ()) -> tuple[Param, ...]:
+    """Every parameter field of ``cls`` and of the configurations nested in it, in field order."""
+    prefix = getattr(cls, "PARAM_PREFIX", "")
+    table: list[Param] = []
+    for f in fields(cls):
+        spec = f.metadata.get("param")
+        if spec is not None:
+            table.append(replace(spec, name=prefix + f.name, path=(*path, f.name)))
+        elif is_dataclass(f.default_factory):
+            table.extend(params_table(f.default_factory, (*path, f.name)))
+    return tuple(table)
+
+
 @dataclass(frozen=True)
 class DraftConfig:
     """Shape of the draft tree (EAGLE-2 style: expand the ``top_k`` best nodes per level).
@@ -54,9 +86,11 @@ class DraftConfig:
     nodes; a 7-token action step can use at most 6 draft levels after the first token.
     """
 
-    depth: int = 6
-    top_k: int = 4
-    node_budget: int = 24
+    PARAM_PREFIX: ClassVar[str] = "draft_"
+
+    depth: int = param(6, "draft tree depth (tokens ahead)", 1, 6)
+    top_k: int = param(4, "nodes expanded per draft level (1 = chain)", 1, 32)
+    node_budget: int = param(24, "draft tree size in nodes", 1, 256)
 
 
 @dataclass(frozen=True)
@@ -67,13 +101,15 @@ class KalmanConfig:
     action tokens; one bin is 2/255 ~ 0.008).
     """
 
-    model: str = "cv"
+    PARAM_PREFIX: ClassVar[str] = "kalman_"
+
+    model: str = param("cv", "Kalman motion model: cv | ca", choices=("cv", "ca"))
     """``cv`` (state: action and its change per step) or ``ca`` (and the change of that)."""
-    process_std: float = 0.05
+    process_std: float = param(0.05, "Kalman process noise (action units per step)", 1e-06, 10.0)
     """How much the highest derivative of the state may change in one control period."""
-    action_std: float = 0.05
+    action_std: float = param(0.05, "Kalman noise of executed actions (action units)", 1e-06, 10.0)
     """An executed action as a measurement of the motion it commanded."""
-    twist_std: float = 0.05
+    twist_std: float = param(0.05, "Kalman noise of the measured twist (action units)", 1e-06, 10.0)
     """The measured end-effector twist, converted to action units, as a measurement."""
 
 
@@ -92,10 +128,14 @@ class KervConfig:
     or a grasp gets a narrow one.
     """
 
-    dynamic_threshold: bool = True
+    PARAM_PREFIX: ClassVar[str] = "kerv_"
+
+    dynamic_threshold: bool = param(
+        True, "kerv: threshold follows the arm's motion (false = relaxed_threshold)"
+    )
     """Off: the fixed ``relaxed_threshold`` (ablation)."""
-    r_min: int = 5
-    r_max: int = 15
+    r_min: int = param(5, "kerv: narrowest threshold (bins)", 0, N_BINS - 1)
+    r_max: int = param(15, "kerv: widest threshold (bins)", 0, N_BINS - 1)
 
     @property
     def narrowest(self) -> int:
@@ -105,17 +145,21 @@ class KervConfig:
     def widest(self) -> int:
         return max(self.r_min, self.r_max)
 
-    w_speed: float = 0.5
-    w_accel: float = 2.0
-    w_innovation: float = 0.5
-    gripper_window: int = 3
-    compensation: bool = True
+    w_speed: float = param(0.5, "kerv: weight of motion speed", 0.0, 100.0)
+    w_accel: float = param(2.0, "kerv: weight of motion change", 0.0, 100.0)
+    w_innovation: float = param(0.5, "kerv: weight of the filter's innovation", 0.0, 100.0)
+    gripper_window: int = param(3, "kerv: steps at r_min after a gripper change", 0, 100)
+    compensation: bool = param(True, "kerv: fill rejected dimensions from the Kalman filter")
     """Fill the dimensions after a rejection from the filter instead of another target pass."""
-    compensation_every: int = 5
+    compensation_every: int = param(5, "kerv: at most one compensated step in this many", 1, 1000)
     """At most one compensated step in this many consecutive steps (KERV: intermittent)."""
-    compensation_max_std: float = 0.1
+    compensation_max_std: float = param(
+        0.1, "kerv: compensate only below this predicted std (action units)", 0.0, 2.0
+    )
     """Compensate only where the filter's predicted std is below this (action units)."""
-    compensation_max_nis: float = 9.0
+    compensation_max_nis: float = param(
+        9.0, "kerv: compensate only below this normalised innovation squared", 0.0, 1000.0
+    )
     """... and the filter's last mean normalised innovation squared is below this."""
     kalman: KalmanConfig = field(default_factory=KalmanConfig)
 
@@ -132,37 +176,48 @@ class HeisdConfig:
     familiar and retrieval drafts; above it the drafter does.
     """
 
-    use_boundary: bool = True
+    PARAM_PREFIX: ClassVar[str] = "heisd_"
+
+    use_boundary: bool = param(True, "heisd: choose drafts by the metric")
     """Off: retrieval drafts whenever it has candidates (ablation)."""
-    boundary: float = 2.0
-    w_speed: float = 0.2
-    w_accel: float = 1.0
-    w_innovation: float = 0.1
-    w_neighbour: float = 5.0
-    w_gripper: float = 1.0
-    neighbours: int = 16
+    boundary: float = param(2.0, "heisd: metric at or below -> retrieval", 0.0, 100.0)
+    w_speed: float = param(0.2, "heisd: weight of motion speed", 0.0, 100.0)
+    w_accel: float = param(1.0, "heisd: weight of motion change", 0.0, 100.0)
+    w_innovation: float = param(0.1, "heisd: weight of the filter's innovation", 0.0, 100.0)
+    w_neighbour: float = param(
+        5.0, "heisd: weight of the distance to the retrieved neighbours", 0.0, 100.0
+    )
+    w_gripper: float = param(1.0, "heisd: weight of a gripper change", 0.0, 100.0)
+    neighbours: int = param(16, "heisd: neighbours per lookup", 1, 1024)
     """Datastore entries whose continuations are merged per lookup."""
-    prefix_tolerance: int = 2
+    prefix_tolerance: int = param(
+        2, "heisd: bins a stored step may differ from the step's tokens", 0, N_BINS - 1
+    )
     """Bins by which a stored step may differ from the tokens the step already has."""
-    node_budget: int = 24
+    node_budget: int = param(24, "heisd: retrieved tree size", 1, 256)
     """Draft tree size of a retrieved tree."""
-    verify_skip: bool = True
-    skip_boundary: float = 0.4
+    verify_skip: bool = param(True, "heisd: skip the verifier when familiar")
+    skip_boundary: float = param(0.4, "heisd: metric at or below -> may skip", 0.0, 100.0)
     """Skip the verifier only where M is at most this (and below the boundary)."""
-    skip_min_count: int = 8
+    skip_min_count: int = param(8, "heisd: neighbours that must agree to skip", 1, 1024)
     """... and at least this many neighbours were found, all continuing within
     ``sequence_threshold`` of the most frequent continuation (unanimous up to what the
     sequence-wise rule would accept)."""
-    max_skipped_run: int = 1
+    max_skipped_run: int = param(1, "heisd: skipped steps in a row at most", 1, 100)
     """Skipped steps in a row at most; the next step is verified and audits the retrieval."""
-    skip_cooldown: int = 10
+    skip_cooldown: int = param(10, "heisd: steps without skipping after a failed audit", 0, 10000)
     """Steps without skipping after a verified step rejected the retrieved continuation."""
-    acceptance: str = "sequence"
+    acceptance: str = param("sequence", "heisd: sequence | token", choices=("sequence", "token"))
     """``sequence``: accept drafted tokens while their weighted distance to the verifier's,
     summed along the path, is at most ``sequence_threshold`` (action units); ``token``:
     token-wise ``|bin| <= relaxed_threshold`` (or kerv's dynamic threshold in ``hybrid``)."""
-    sequence_threshold: float = 0.1
-    sequence_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0)
+    sequence_threshold: float = param(
+        0.1, "heisd: largest accepted weighted distance along a path (action units)", 0.0, 100.0
+    )
+    sequence_weights: tuple[float, ...] = param(
+        (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0),
+        "heisd: per-dimension weights of the sequence distance (7 values)",
+    )
     """Per-dimension weights of the sequence-wise distance (the gripper counts double)."""
 
 
@@ -170,20 +225,27 @@ class HeisdConfig:
 class EngineConfig:
     """Everything that decides how one action step is decoded."""
 
-    mode: str = "hybrid"
-    draft: DraftConfig = field(default_factory=DraftConfig)
-    relaxed_threshold: int = 9
+    mode: str = param(
+        "hybrid", "decode mode: ar | spec | spec_relaxed | kerv | heisd | hybrid", choices=MODES
+    )
+    relaxed_threshold: int = param(
+        9, "spec_relaxed: largest accepted |draft - verifier| in bins", 0, N_BINS - 1
+    )
     """Largest accepted |draft - verifier| in bins for ``spec_relaxed``, and for ``kerv`` when its
     dynamic threshold is off (0 = exact)."""
     kerv: KervConfig = field(default_factory=KervConfig)
     heisd: HeisdConfig = field(default_factory=HeisdConfig)
+    draft: DraftConfig = field(default_factory=DraftConfig)
 
     def problems(self) -> list[str]:
         """Reasons this configuration cannot be used; empty when it is valid."""
         out = problems(self, ENGINE_PARAMS)
         weights = self.heisd.sequence_weights
-        if len(weights) != 7 or not all(0.0 <= w <= 100.0 for w in weights):
-            out.append(f"heisd_sequence_weights must be 7 values in 0..100, got {list(weights)}")
+        if len(weights) != ACTION_DIMS or not all(0.0 <= w <= 100.0 for w in weights):
+            out.append(
+                f"heisd_sequence_weights must be {ACTION_DIMS} values in 0..100, "
+                f"got {list(weights)}"
+            )
         return out
 
     def validate(self) -> EngineConfig:
@@ -199,20 +261,28 @@ class EngineConfig:
 class ControlConfig:
     """The control loop around the engine (the node's settings)."""
 
-    control_rate_hz: float = 10.0
-    stale_timeout_s: float = 0.5
-    stamp_tolerance_s: float = 1.0
+    control_rate_hz: float = param(10.0, "control loop rate (Hz)", 0.5, 100.0)
+    stale_timeout_s: float = param(0.5, "inputs older than this give a zero twist (s)", 0.01, 10.0)
+    stamp_tolerance_s: float = param(
+        1.0,
+        "input header stamps further than this from the node's clock give a zero twist "
+        "(s; 0 = judge by arrival time only)",
+        0.0,
+        3600.0,
+    )
     """Camera and joint_states header stamps must be within this of the node's clock (s):
     MoveIt Servo judges staleness by header stamp too. 0 = by arrival time only."""
-    hold: bool = False
+    hold: bool = param(False, "true: stop commanding at once (zero twists), stay active")
     """True: zero twists at once and for as long as it stays set, without leaving active."""
-    max_linear_speed: float = 0.25
+    max_linear_speed: float = param(0.25, "linear speed limit (m/s)", 0.0, 2.0)
     """m/s, limit on the norm of the commanded linear velocity."""
-    max_angular_speed: float = 1.0
+    max_angular_speed: float = param(1.0, "angular speed limit (rad/s)", 0.0, 6.0)
     """rad/s, limit on the norm of the commanded angular velocity."""
-    command_frame: str = "panda_link0"
-    instruction: str = ""
-    joint_names: tuple[str, ...] = PANDA_ARM_JOINTS
+    command_frame: str = param("panda_link0", "frame_id of the twist commands")
+    instruction: str = param("", "task instruction (also topic ~/instruction)")
+    joint_names: tuple[str, ...] = param(
+        PANDA_ARM_JOINTS, "arm joints read from joint_states, in order"
+    )
 
     @property
     def period_s(self) -> float:
@@ -244,268 +314,50 @@ DTYPES = ("", "float32", "bfloat16")
 class ModelConfig:
     """What the node loads at configure; changing it needs a new configure."""
 
-    model: str = "default"
-    drafter_path: str = ""
-    datastore_path: str = ""
+    model: str = param("default", "default | random | checkpoint directory", read_only=True)
+    drafter_path: str = param(
+        "", "drafter .safetensors ('' = drafter.safetensors beside the model)", read_only=True
+    )
+    datastore_path: str = param(
+        "", "retrieval datastore ('' = datastore.safetensors beside the model)", read_only=True
+    )
     """HeiSD's retrieval datastore ('' = datastore.safetensors beside the model, if any)."""
-    unnorm_key: str = ""
-    trust_remote_code: bool = False
+    unnorm_key: str = param(
+        "", "dataset statistics to un-normalise with ('' = only)", read_only=True
+    )
+    trust_remote_code: bool = param(
+        False,
+        "allow a checkpoint's own Python code to run (only Prismatic variants the native "
+        "OpenVLA loader does not know; published OpenVLA checkpoints never need it)",
+        read_only=True,
+    )
     """Let a checkpoint's own Python code run: only for Prismatic variants the native OpenVLA
     loader does not know. Published OpenVLA checkpoints never need it."""
-    device: str = "cpu"
-    dtype: str = ""
+    device: str = param("cpu", "torch device of the model (cpu, cuda, cuda:1)", read_only=True)
+    dtype: str = param(
+        "",
+        "model dtype ('' = float32 on the CPU, bfloat16 on a GPU)",
+        choices=DTYPES,
+        read_only=True,
+    )
     """Numeric type of the whole model and what follows it (drafter): float32 | bfloat16 |
     '' (float32 on the CPU, bfloat16 on a GPU)."""
-    urdf: str = ""
+    urdf: str = param("", "robot URDF ('' = the simulator's Panda)", read_only=True)
     """Robot description for the kinematics ('' = pybullet_data's Panda, the simulator's)."""
-    ee_frame: str = PANDA_EE_FRAME
-    torch_threads: int = 1
+    ee_frame: str = param(PANDA_EE_FRAME, "end-effector frame of the URDF", read_only=True)
+    torch_threads: int = param(
+        1, "CPU threads for the model (0 = torch default)", 0, 256, read_only=True
+    )
     """CPU threads for the model (0 = torch's default). One by default: measured on 2 cores, two
     OpenMP threads spinning against the executor's threads made the p99 step 12x longer."""
 
 
-ENGINE_PARAMS = (
-    Param("mode", ("mode",), "decode mode: " + " | ".join(MODES), choices=MODES),
-    Param(
-        "relaxed_threshold",
-        ("relaxed_threshold",),
-        "spec_relaxed: largest accepted |draft - verifier| in bins",
-        0,
-        N_BINS - 1,
-    ),
-    Param(
-        "kerv_dynamic_threshold",
-        ("kerv", "dynamic_threshold"),
-        "kerv: threshold follows the arm's motion (false = relaxed_threshold)",
-    ),
-    Param("kerv_r_min", ("kerv", "r_min"), "kerv: narrowest threshold (bins)", 0, N_BINS - 1),
-    Param("kerv_r_max", ("kerv", "r_max"), "kerv: widest threshold (bins)", 0, N_BINS - 1),
-    Param("kerv_w_speed", ("kerv", "w_speed"), "kerv: weight of motion speed", 0.0, 100.0),
-    Param("kerv_w_accel", ("kerv", "w_accel"), "kerv: weight of motion change", 0.0, 100.0),
-    Param(
-        "kerv_w_innovation",
-        ("kerv", "w_innovation"),
-        "kerv: weight of the filter's innovation",
-        0.0,
-        100.0,
-    ),
-    Param(
-        "kerv_gripper_window",
-        ("kerv", "gripper_window"),
-        "kerv: steps at r_min after a gripper change",
-        0,
-        100,
-    ),
-    Param(
-        "kerv_compensation",
-        ("kerv", "compensation"),
-        "kerv: fill rejected dimensions from the Kalman filter",
-    ),
-    Param(
-        "kerv_compensation_every",
-        ("kerv", "compensation_every"),
-        "kerv: at most one compensated step in this many",
-        1,
-        1000,
-    ),
-    Param(
-        "kerv_compensation_max_std",
-        ("kerv", "compensation_max_std"),
-        "kerv: compensate only below this predicted std (action units)",
-        0.0,
-        2.0,
-    ),
-    Param(
-        "kerv_compensation_max_nis",
-        ("kerv", "compensation_max_nis"),
-        "kerv: compensate only below this normalised innovation squared",
-        0.0,
-        1000.0,
-    ),
-    Param(
-        "kalman_model",
-        ("kerv", "kalman", "model"),
-        "Kalman motion model: cv | ca",
-        choices=("cv", "ca"),
-    ),
-    Param(
-        "kalman_process_std",
-        ("kerv", "kalman", "process_std"),
-        "Kalman process noise (action units per step)",
-        1e-6,
-        10.0,
-    ),
-    Param(
-        "kalman_action_std",
-        ("kerv", "kalman", "action_std"),
-        "Kalman noise of executed actions (action units)",
-        1e-6,
-        10.0,
-    ),
-    Param(
-        "kalman_twist_std",
-        ("kerv", "kalman", "twist_std"),
-        "Kalman noise of the measured twist (action units)",
-        1e-6,
-        10.0,
-    ),
-    Param("heisd_use_boundary", ("heisd", "use_boundary"), "heisd: choose drafts by the metric"),
-    Param(
-        "heisd_boundary",
-        ("heisd", "boundary"),
-        "heisd: metric at or below -> retrieval",
-        0.0,
-        100.0,
-    ),
-    Param("heisd_w_speed", ("heisd", "w_speed"), "heisd: weight of motion speed", 0.0, 100.0),
-    Param("heisd_w_accel", ("heisd", "w_accel"), "heisd: weight of motion change", 0.0, 100.0),
-    Param(
-        "heisd_w_innovation",
-        ("heisd", "w_innovation"),
-        "heisd: weight of the filter's innovation",
-        0.0,
-        100.0,
-    ),
-    Param(
-        "heisd_w_neighbour",
-        ("heisd", "w_neighbour"),
-        "heisd: weight of the distance to the retrieved neighbours",
-        0.0,
-        100.0,
-    ),
-    Param(
-        "heisd_w_gripper", ("heisd", "w_gripper"), "heisd: weight of a gripper change", 0.0, 100.0
-    ),
-    Param("heisd_neighbours", ("heisd", "neighbours"), "heisd: neighbours per lookup", 1, 1024),
-    Param(
-        "heisd_prefix_tolerance",
-        ("heisd", "prefix_tolerance"),
-        "heisd: bins a stored step may differ from the step's tokens",
-        0,
-        N_BINS - 1,
-    ),
-    Param("heisd_node_budget", ("heisd", "node_budget"), "heisd: retrieved tree size", 1, 256),
-    Param("heisd_verify_skip", ("heisd", "verify_skip"), "heisd: skip the verifier when familiar"),
-    Param(
-        "heisd_skip_boundary",
-        ("heisd", "skip_boundary"),
-        "heisd: metric at or below -> may skip",
-        0.0,
-        100.0,
-    ),
-    Param(
-        "heisd_skip_min_count",
-        ("heisd", "skip_min_count"),
-        "heisd: neighbours that must agree to skip",
-        1,
-        1024,
-    ),
-    Param(
-        "heisd_max_skipped_run",
-        ("heisd", "max_skipped_run"),
-        "heisd: skipped steps in a row at most",
-        1,
-        100,
-    ),
-    Param(
-        "heisd_skip_cooldown",
-        ("heisd", "skip_cooldown"),
-        "heisd: steps without skipping after a failed audit",
-        0,
-        10000,
-    ),
-    Param(
-        "heisd_acceptance",
-        ("heisd", "acceptance"),
-        "heisd: sequence | token",
-        choices=("sequence", "token"),
-    ),
-    Param(
-        "heisd_sequence_threshold",
-        ("heisd", "sequence_threshold"),
-        "heisd: largest accepted weighted distance along a path (action units)",
-        0.0,
-        100.0,
-    ),
-    Param(
-        "heisd_sequence_weights",
-        ("heisd", "sequence_weights"),
-        "heisd: per-dimension weights of the sequence distance (7 values)",
-    ),
-    Param("draft_depth", ("draft", "depth"), "draft tree depth (tokens ahead)", 1, 6),
-    Param("draft_top_k", ("draft", "top_k"), "nodes expanded per draft level (1 = chain)", 1, 32),
-    Param("draft_node_budget", ("draft", "node_budget"), "draft tree size in nodes", 1, 256),
-)
-CONTROL_PARAMS = (
-    Param("control_rate_hz", ("control_rate_hz",), "control loop rate (Hz)", 0.5, 100.0),
-    Param(
-        "stale_timeout_s",
-        ("stale_timeout_s",),
-        "inputs older than this give a zero twist (s)",
-        0.01,
-        10.0,
-    ),
-    Param(
-        "stamp_tolerance_s",
-        ("stamp_tolerance_s",),
-        "input header stamps further than this from the node's clock give a zero twist "
-        "(s; 0 = judge by arrival time only)",
-        0.0,
-        3600.0,
-    ),
-    Param("hold", ("hold",), "true: stop commanding at once (zero twists), stay active"),
-    Param("max_linear_speed", ("max_linear_speed",), "linear speed limit (m/s)", 0.0, 2.0),
-    Param("max_angular_speed", ("max_angular_speed",), "angular speed limit (rad/s)", 0.0, 6.0),
-    Param("command_frame", ("command_frame",), "frame_id of the twist commands"),
-    Param("instruction", ("instruction",), "task instruction (also topic ~/instruction)"),
-    Param("joint_names", ("joint_names",), "arm joints read from joint_states, in order"),
-)
-MODEL_PARAMS = (
-    Param("model", ("model",), "default | random | checkpoint directory", read_only=True),
-    Param(
-        "drafter_path",
-        ("drafter_path",),
-        "drafter .safetensors ('' = drafter.safetensors beside the model)",
-        read_only=True,
-    ),
-    Param(
-        "datastore_path",
-        ("datastore_path",),
-        "retrieval datastore ('' = datastore.safetensors beside the model)",
-        read_only=True,
-    ),
-    Param(
-        "unnorm_key",
-        ("unnorm_key",),
-        "dataset statistics to un-normalise with ('' = only)",
-        read_only=True,
-    ),
-    Param(
-        "trust_remote_code",
-        ("trust_remote_code",),
-        "allow a checkpoint's own Python code to run (only Prismatic variants the native "
-        "OpenVLA loader does not know; published OpenVLA checkpoints never need it)",
-        read_only=True,
-    ),
-    Param("device", ("device",), "torch device of the model (cpu, cuda, cuda:1)", read_only=True),
-    Param(
-        "dtype",
-        ("dtype",),
-        "model dtype ('' = float32 on the CPU, bfloat16 on a GPU)",
-        choices=DTYPES,
-        read_only=True,
-    ),
-    Param("urdf", ("urdf",), "robot URDF ('' = the simulator's Panda)", read_only=True),
-    Param("ee_frame", ("ee_frame",), "end-effector frame of the URDF", read_only=True),
-    Param(
-        "torch_threads",
-        ("torch_threads",),
-        "CPU threads for the model (0 = torch default)",
-        0,
-        256,
-        read_only=True,
-    ),
-)
+ENGINE_PARAMS = params_table(EngineConfig)
+"""The engine's ROS parameters (dynamic: ``ros2 param set`` applies them on the next step)."""
+CONTROL_PARAMS = params_table(ControlConfig)
+"""The control loop's ROS parameters (dynamic)."""
+MODEL_PARAMS = params_table(ModelConfig)
+"""What is loaded at configure (read-only parameters; a change needs a new configure)."""
 
 
 def _get(config: object, path: tuple[str, ...]) -> object:

@@ -168,3 +168,21 @@ def test_every_mode_is_one_row_of_the_mode_table():
         full = plan_for(EngineConfig(mode=mode), has_datastore=True)
         assert full.retrieval == row.retrieval and full.compensation == row.compensation
         assert not plan_for(EngineConfig(mode=mode), has_datastore=False).retrieval
+
+
+def test_parameter_tables_come_from_the_fields_they_describe():
+    """A setting's range and description live on its dataclass field (config.param)."""
+    from dataclasses import fields
+
+    from kerv_ros.config import KervConfig
+
+    r_min = next(f for f in fields(KervConfig) if f.name == "r_min").metadata["param"]
+    (entry,) = [p for p in ENGINE_PARAMS if p.name == "kerv_r_min"]
+    assert entry.path == ("kerv", "r_min")
+    assert (entry.description, entry.low, entry.high) == (r_min.description, 0, 255)
+    kalman = {p.name: p.path for p in ENGINE_PARAMS if p.name.startswith("kalman_")}
+    assert kalman["kalman_model"] == ("kerv", "kalman", "model")
+    names = [p.name for p in ENGINE_PARAMS]
+    assert len(names) == len(set(names)) and "draft_depth" in names and "mode" in names
+    # Every field of every config is a parameter or a nested config, none is left undeclared.
+    assert {p.path[0] for p in ENGINE_PARAMS} == {f.name for f in fields(EngineConfig)}
