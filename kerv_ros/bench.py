@@ -6,6 +6,8 @@ other processes) hit every mode alike; ratios are taken between medians of the s
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from tqdm import tqdm
 
@@ -45,15 +47,21 @@ drafts from retrieval whenever it has candidates, ``heisd_no_skip`` always verif
 ``retrieval_only`` is all three: plain retrieval drafting (REST-like) with relaxed acceptance."""
 
 ROWS = (*MODES, *VARIANTS)
+DYQ_SUFFIX = "+dyq"
+"""``ROW+dyq`` (``ar+dyq``, ``hybrid+dyq``, ...): the row with DyQ-VLA's precision switching."""
 
 
 def row_config(base: EngineConfig, row: str) -> EngineConfig:
-    """The configuration of a bench row: a mode, or an ablation variant of one."""
+    """The configuration of a bench row: a mode, an ablation variant of one, either ``+dyq``."""
+    if row.endswith(DYQ_SUFFIX):
+        return replace(row_config(base, row.removesuffix(DYQ_SUFFIX)), dyq=True).validate()
     if row in VARIANTS:
         mode, params = VARIANTS[row]
         return config_from_params(base, ENGINE_PARAMS, params).with_mode(mode)
     if row not in MODES:
-        raise ValueError(f"unknown mode or variant {row!r}; choose from {', '.join(ROWS)}")
+        raise ValueError(
+            f"unknown mode or variant {row!r}; choose from {', '.join(ROWS)} (each also +dyq)"
+        )
     return base.with_mode(row)
 
 
@@ -206,6 +214,7 @@ def summarise(results: dict[str, list[StepResult]]) -> dict[str, dict[str, float
             "kalman_error_vs_ar": _prediction_error(steps, ar_actions),
             "verify_skipped_share": float(np.mean([r.verify_skipped for r in steps])),
             "draft_source_mix": _source_mix(steps),
+            "precision_share": _precision_share(steps),
         }
     return summary
 
@@ -220,6 +229,12 @@ def _prediction_error(steps: list[StepResult], ar_actions: np.ndarray) -> float 
     if not pairs:
         return None
     return float(np.mean([np.abs(p[:6] - a[:6]).mean() for p, a in pairs]))
+
+
+def _precision_share(steps: list[StepResult]) -> dict[str, float]:
+    """Share of the steps the verifier ran at each precision (the model's own: ``float32``)."""
+    names = sorted({r.precision for r in steps})
+    return {name: float(np.mean([r.precision == name for r in steps])) for name in names}
 
 
 def _source_mix(steps: list[StepResult]) -> dict[str, float]:

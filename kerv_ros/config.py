@@ -221,6 +221,54 @@ class HeisdConfig:
     """Per-dimension weights of the sequence-wise distance (the gripper counts double)."""
 
 
+PRECISIONS = ("float32", "bfloat16", "int8", "int8_bf16")
+"""Precisions a step can run at (``policy/precision.py``): the model's own (float32 on the CPU),
+bfloat16 weights and activations, int8 weights with the model's activations, int8 weights with
+bfloat16 activations (one int8 copy serves both)."""
+
+
+@dataclass(frozen=True)
+class DyqConfig:
+    """DyQ-VLA (feature ``dyq`` of every mode): each step's precision from the arm's motion.
+
+    Two proxies of how sensitive the step is to quantisation, from the measured end-effector
+    motion m (action units per step; the tracker's, as kerv's): *motion fineness*
+    ``F = speed_ref / (speed_ref + mean |m_xyz| over window_macro steps)`` (slow, fine
+    translation -> 1) and *angular jerk* ``J = min(1, max |w_t - 2 w_(t-1) + w_(t-2)| over
+    window_micro steps / jerk_ref)`` (w: the rotational part of m). Fused:
+    ``S = max(0, fineness_weight * F + (1 - fineness_weight) * J)``. ``S >= full_above``: full
+    precision; ``S < coarse_below``: ``coarse``; between: ``medium``. Raising precision is
+    immediate; lowering waits ``min_dwell`` steps at the current one and needs ``S`` below the
+    bound by ``hysteresis``. Full precision on the first ``warmup_steps`` of an episode, for
+    ``gripper_window`` steps after a gripper change, and wherever the motion is not measured.
+    ``kerv dyq calibrate`` writes measured bounds beside a model (``dyq.json``).
+    """
+
+    PARAM_PREFIX: ClassVar[str] = "dyq_"
+
+    fixed: str = param(
+        "",
+        "dyq: hold this precision every step ('' = switch by motion)",
+        choices=("", *PRECISIONS),
+    )
+    """An ablation: the variants' speed and error without the policy."""
+    coarse: str = param("int8_bf16", "dyq: precision of coarse motion", choices=PRECISIONS)
+    medium: str = param("int8", "dyq: precision between the bounds", choices=PRECISIONS)
+    coarse_below: float = param(0.25, "dyq: fused score below -> coarse", 0.0, 1.0)
+    full_above: float = param(0.4, "dyq: fused score at or above -> full precision", 0.0, 1.0)
+    fineness_weight: float = param(0.5, "dyq: weight of motion fineness (1 - it: jerk)", 0.0, 1.0)
+    speed_ref: float = param(
+        0.05, "dyq: translation (action units/step) of fineness 0.5", 1e-6, 10.0
+    )
+    jerk_ref: float = param(0.05, "dyq: angular jerk (action units) of jerk score 1", 1e-6, 10.0)
+    window_macro: int = param(10, "dyq: steps of the fineness window", 1, 1000)
+    window_micro: int = param(5, "dyq: steps of the jerk window", 1, 1000)
+    hysteresis: float = param(0.05, "dyq: score margin before lowering precision", 0.0, 1.0)
+    min_dwell: int = param(3, "dyq: steps at a precision before lowering it", 0, 1000)
+    warmup_steps: int = param(3, "dyq: full-precision steps at an episode's start", 0, 1000)
+    gripper_window: int = param(3, "dyq: full-precision steps after a gripper change", 0, 1000)
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Everything that decides how one action step is decoded."""
@@ -235,6 +283,9 @@ class EngineConfig:
     dynamic threshold is off (0 = exact)."""
     kerv: KervConfig = field(default_factory=KervConfig)
     heisd: HeisdConfig = field(default_factory=HeisdConfig)
+    dyq: bool = param(False, "dyq: switch the model's precision step by step by its motion")
+    """DyQ-VLA on top of the mode (``ar+dyq``, ``hybrid+dyq``, ...); needs ``dyq_precisions``."""
+    precision: DyqConfig = field(default_factory=DyqConfig)
     draft: DraftConfig = field(default_factory=DraftConfig)
 
     def problems(self) -> list[str]:
@@ -350,6 +401,13 @@ class ModelConfig:
     )
     """CPU threads for the model (0 = torch's default). One by default: measured on 2 cores, two
     OpenMP threads spinning against the executor's threads made the p99 step 12x longer."""
+    dyq_precisions: str = param(
+        "int8,int8_bf16",
+        "precision variants built at configure for dyq (comma list; '' = none)",
+        read_only=True,
+    )
+    """Built beside the model's own weights: one int8 copy (+25 % of a float32 model's
+    weights) serves ``int8`` and ``int8_bf16``; ``bfloat16`` adds its own copy (+50 %)."""
 
 
 ENGINE_PARAMS = params_table(EngineConfig)
@@ -369,7 +427,8 @@ def _get(config: object, path: tuple[str, ...]) -> object:
 def check(param: Param, value: object) -> str | None:
     """Why ``value`` is not acceptable for ``param``, or None."""
     if param.choices and value not in param.choices:
-        return f"unknown {param.name} {value!r}; choose one of {', '.join(param.choices)}"
+        shown = ", ".join(choice or "''" for choice in param.choices)
+        return f"unknown {param.name} {value!r}; choose one of {shown}"
     if param.low is not None and not param.low <= value <= param.high:  # type: ignore[operator]
         return f"{param.name} {value} outside {param.low}..{param.high}"
     return None

@@ -77,6 +77,10 @@ def load_models(
             dtype=options.dtype,
             drafter_path=options.drafter_path,
         )
+        names = tuple(n.strip() for n in options.dyq_precisions.split(",") if n.strip())
+        what = f"precision variants {', '.join(names)} of {options.model}"
+        if names:
+            backend.build_precisions(names)
         what = f"datastore {options.datastore_path or 'beside ' + options.model}"
         datastore = load_datastore(options.model, options.datastore_path)
     except ModelLoadError:

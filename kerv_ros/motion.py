@@ -49,6 +49,9 @@ class MotionPrior:
     threshold: int
     twist_source: str
     """``joint velocities``, ``finite difference`` or ``none`` (executed actions only)."""
+    motion: np.ndarray | None = None
+    """The measured motion from standing still (6 motion dims, action units), or None."""
+    steps_since_gripper_change: int = 10**9
 
 
 class MotionTracker:
@@ -137,11 +140,13 @@ class MotionTracker:
         nis = self._mean_nis()
         self._nis = []
         speed = accel = 0.0
+        motion = None
         if measured is not None:
             # Measured from standing still: with asymmetric statistics (or a dimension that never
             # moved in the data) a motionless arm is not at 0 in normalised units.
             still = self.norm_stats.normalize(REST_ACTION)[MOTION_DIMS]
-            speed = float(np.linalg.norm(measured[MOTION_DIMS] - still))
+            motion = measured[MOTION_DIMS] - still
+            speed = float(np.linalg.norm(motion))
             if self._last_motion is not None:
                 accel = float(np.linalg.norm(measured[MOTION_DIMS] - self._last_motion))
             self._last_motion = measured[MOTION_DIMS].copy()
@@ -161,6 +166,8 @@ class MotionTracker:
             gripper_event=gripper_event,
             threshold=kerv_threshold(variability, gripper_event, config),
             twist_source=source,
+            motion=motion,
+            steps_since_gripper_change=self._since_gripper_change,
         )
 
     def _mean_nis(self) -> float:

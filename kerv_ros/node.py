@@ -142,6 +142,16 @@ class _Health:
     error_level: bytes = DiagnosticStatus.OK
     note: str = ""  # a warning that does not stop commanding (e.g. no joint velocities)
     twist_source: str = ""  # kerv: where the last step's measured motion came from
+    precision: str = ""  # the verifier's precision on the last step (dyq switches it)
+    precisions: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
+
+
+def _shares(names) -> str:
+    """``float32 0.70, int8 0.30``: how the recent steps divide among precisions."""
+    names = list(names)
+    if not names:
+        return "-"
+    return ", ".join(f"{n} {names.count(n) / len(names):.2f}" for n in sorted(set(names)))
 
 
 def _descriptor(param: Param, value: object) -> ParameterDescriptor:
@@ -652,6 +662,8 @@ class KervNode(Node):
             health.overruns += 1
         health.note = joints.velocity_note
         health.twist_source = result.twist_source
+        health.precision = result.precision
+        health.precisions.append(result.precision)
         self._set_error("", OK)
 
     def _hold(self, reason: str, level: bytes) -> None:
@@ -697,6 +709,7 @@ class KervNode(Node):
         msg.threshold = float(result.threshold)
         msg.compensated_dims = [int(d) for d in result.compensated_dims]
         msg.verify_skipped = result.verify_skipped
+        msg.precision = result.precision
         t = result.timings
         msg.prefill_ms, msg.draft_ms, msg.verify_ms = t.prefill_ms, t.draft_ms, t.verify_ms
         msg.other_ms, msg.total_ms = t.other_ms, t.total_ms
@@ -768,6 +781,8 @@ class KervNode(Node):
             "node_overhead_ms_p99": f"{np.percentile(overhead, 99):.2f}",
             "last_error": _bounded(health.last_error),
             "kinematics": self._kinematics_note,
+            "precision": health.precision or "-",
+            "precision_share": _shares(health.precisions),
             "twist_source": health.twist_source,
         }
         status.values = [KeyValue(key=k, value=_bounded(v)) for k, v in values.items()]

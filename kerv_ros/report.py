@@ -74,6 +74,7 @@ COLUMNS: dict[str, Column] = {
     "draft_source_mix.retrieval": Column("ret", "{:.2f}"),
     "draft_source_mix.kalman": Column("kf", "{:.2f}"),
     "draft_source_mix.verifier": Column("ver", "{:.2f}"),
+    "precision_share.float32": Column("fp32 share", "{:.0%}"),
 }
 
 BENCH = (
@@ -94,6 +95,7 @@ BENCH = (
     "draft_source_mix.retrieval",
     "draft_source_mix.kalman",
     "draft_source_mix.verifier",
+    "precision_share.float32",
 )
 """``kerv bench``: cost, speed and agreement with ``ar``, and who drafted the tokens."""
 OFFLINE = (
@@ -113,6 +115,7 @@ OFFLINE = (
     "decode_ms_p90",
     "speedup_vs_ar_step",
     "speedup_vs_ar_decode",
+    "precision_share.float32",
 )
 """``kerv eval BAG``: the bench's figures plus the error against the recorded command."""
 CLOSED_LOOP = (

@@ -13,7 +13,7 @@ LAYERS = (
     {"actions", "config", "drafts", "observation", "control", "loopback", "processes", "msg"},
     # 1: pure helpers over them: filters, robot model, datastore, bags, message conversion,
     # report tables
-    {"kalman", "kinematics", "retrieval", "bags", "ros_io", "boundary", "report"},
+    {"kalman", "kinematics", "retrieval", "bags", "ros_io", "boundary", "report", "dyq"},
     # 2: the arm's motion (state estimation; its policies are in boundary)
     {"motion"},
     # 3: the target models

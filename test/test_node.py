@@ -112,10 +112,12 @@ def test_a_request_with_an_undefined_parameter_type_does_not_end_the_process(nod
 
 def test_commands_from_a_feeder_process(node):
     node.probe.feeding = False
-    feeder = subprocess.Popen([sys.executable, str(HERE / "feeder.py"), "kerv_node", "8", "10"])
+    # 20 s of feeding from whenever the process is up: a loaded machine can take long to start
+    # a Python process with rclpy.
+    feeder = subprocess.Popen([sys.executable, str(HERE / "feeder.py"), "kerv_node", "20", "10"])
     try:
         t0 = time.monotonic()
-        stats = node.probe.wait_for(node.probe.stats, lambda m: True, t0=t0 + 0.5)
+        stats = node.probe.wait_for(node.probe.stats, lambda m: True, t0=t0 + 0.5, timeout=60)
         assert len(stats.tokens) == 7
         assert len(stats.token_sources) == 7
         assert len(stats.action) == 7
@@ -128,11 +130,11 @@ def test_commands_from_a_feeder_process(node):
         assert np.linalg.norm(linear) <= 0.2 + 1e-9
         gripper = node.probe.wait_for(node.probe.grippers, lambda m: True, t0=t0 + 0.5)
         assert 0.0 <= gripper.data <= 1.0
-        feeder.wait(timeout=30)
+        feeder.wait(timeout=60)
         assert feeder.returncode == 0
     finally:
         feeder.kill()
-    node.probe.feeding = True
+        node.probe.feeding = True  # the module's later tests need the probe's inputs
 
 
 def test_parameter_change_applies_next_step(node):
@@ -159,6 +161,9 @@ def test_parameter_change_applies_next_step(node):
         ("urdf", "/elsewhere.urdf", "read-only"),
         ("mode", "heisd", "needs a retrieval datastore"),
         ("heisd_sequence_weights", [1.0, 2.0], "heisd_sequence_weights must be 7 values"),
+        ("dyq_fixed", "int4", "unknown dyq_fixed 'int4'"),
+        ("dyq_coarse_below", 2.0, "dyq_coarse_below"),
+        ("dyq_precisions", "bfloat16", "read-only"),
     ],
 )
 def test_bad_parameters_are_refused_and_change_nothing(node, name, value, reason):
@@ -168,6 +173,31 @@ def test_bad_parameters_are_refused_and_change_nothing(node, name, value, reason
     assert reason.lower() in result.reason.lower()
     after = commanding(node.probe)
     assert (after.mode, after.threshold) == (before.mode, before.threshold)
+
+
+def test_dyq_switches_the_verifier_and_reports_each_steps_precision(node):
+    probe = node.probe
+    commanding(probe)
+    assert probe.set_param("dyq_coarse", "bfloat16").successful  # allowed while dyq is off ...
+    refused = probe.set_param("dyq", True)  # ... but dyq cannot switch to a variant not built
+    assert not refused.successful and "bfloat16, not built" in refused.reason
+    assert probe.set_param("dyq_coarse", "int8_bf16").successful
+    assert probe.set_param("dyq_fixed", "int8").successful
+    assert probe.set_param("dyq", True).successful
+    t0 = time.monotonic()
+    probe.wait_for(probe.stats, lambda m: m.precision == "int8", t0=t0)
+    status = probe.wait_for(
+        probe.diagnostics,
+        lambda d: (
+            diag_status(d) is not None
+            and {kv.key: kv.value for kv in diag_status(d).values}.get("precision") == "int8"
+        ),
+        t0=t0,
+    )
+    assert "int8" in {kv.key: kv.value for kv in diag_status(status).values}["precision_share"]
+    assert probe.set_param("dyq", False).successful
+    probe.wait_for(probe.stats, lambda m: m.precision == "float32", t0=time.monotonic())
+    assert probe.set_param("dyq_fixed", "").successful
 
 
 def test_lifecycle_through_change_state(node):
@@ -188,12 +218,14 @@ def test_lifecycle_through_change_state(node):
 def test_stale_inputs_give_zero_twist_within_a_period(node):
     commanding(node.probe)
     node.probe.feeding = False
-    stopped = time.monotonic()
-    twist = node.probe.wait_for(node.probe.twists, is_zero, t0=stopped + STALE)
-    arrival = next(t for t, m in node.probe.twists if m is twist)
-    assert arrival - stopped <= STALE + 1.5 / RATE + 0.3
-    assert "old (stale_timeout_s" in log_text(node.log)
-    node.probe.feeding = True
+    try:
+        stopped = time.monotonic()
+        twist = node.probe.wait_for(node.probe.twists, is_zero, t0=stopped + STALE)
+        arrival = next(t for t, m in node.probe.twists if m is twist)
+        assert arrival - stopped <= STALE + 1.5 / RATE + 0.3
+        assert "old (stale_timeout_s" in log_text(node.log)
+    finally:
+        node.probe.feeding = True
     commanding(node.probe)
 
 
@@ -321,9 +353,16 @@ def test_other_encodings_with_row_padding_command(node, encoding):
         node.probe.image = good_image()
 
 
-def test_configure_failure_keeps_the_node_alive(tmp_path):
+@pytest.mark.parametrize(
+    ("setting", "reason"),
+    [
+        ("model:=/nonexistent/model", "/nonexistent/model"),
+        ("dyq_precisions:=int8,int4", "unknown precision int4"),
+    ],
+)
+def test_configure_failure_keeps_the_node_alive(tmp_path, setting, reason):
     log = tmp_path / "kerv_bad.log"
-    proc = start_node(log, "model:=/nonexistent/model", name="kerv_bad")
+    proc = start_node(log, setting, name="kerv_bad")
     probe = Probe("kerv_bad")
     try:
         assert probe.state() == "unconfigured"
@@ -331,7 +370,7 @@ def test_configure_failure_keeps_the_node_alive(tmp_path):
         assert probe.state() == "unconfigured"
         assert proc.poll() is None
         assert "configure failed" in log_text(log)
-        assert "/nonexistent/model" in log_text(log)
+        assert reason in log_text(log)
         # Nothing is commanded by a node that was never activated.
         assert [m for m in probe.since(probe.twists, 0) if not is_zero(m)] == []
     finally:

@@ -53,6 +53,12 @@ def model_options(p: argparse.ArgumentParser, default: str | None, drafts: bool 
         "a GPU)",
     )
     g.add_argument(
+        "--dyq-precisions",
+        default=ModelConfig.dyq_precisions,
+        help="precision variants to build beside the model for dyq rows (comma list of "
+        "bfloat16, int8, int8_bf16; '' = none; default %(default)s)",
+    )
+    g.add_argument(
         "--trust-remote-code",
         action="store_true",
         help="let a checkpoint's own Python code run (only for Prismatic variants the native "
@@ -69,6 +75,7 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
         trust_remote_code=args.trust_remote_code,
         device=args.device,
         dtype=args.dtype,
+        dyq_precisions=args.dyq_precisions,
     )
 
 

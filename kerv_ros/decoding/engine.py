@@ -35,6 +35,7 @@ from kerv_ros.decoding.drafter import Drafter, DraftSession
 from kerv_ros.decoding.modes import MODE_TABLE, plan_for
 from kerv_ros.decoding.verify_skip import VerifySkip
 from kerv_ros.drafts import DraftTree, TokenSource
+from kerv_ros.dyq import PrecisionPolicy
 from kerv_ros.motion import MotionPrior, MotionTracker
 from kerv_ros.policy.backend import Observation, PolicyBackend
 from kerv_ros.retrieval import Candidates, Datastore, context_of
@@ -78,6 +79,10 @@ class StepResult:
     metric: float | None = None
     """``heisd``/``hybrid``: the kinematic fused metric of the step (``boundary.py``)."""
     verify_skipped: bool = False
+    precision: str = "float32"
+    """The verifier's numeric precision this step (``dyq``; the model's own otherwise)."""
+    precision_score: float | None = None
+    """``dyq``: the fused sensitivity score that chose it (None where not measured)."""
     timings: StepTimings = field(default_factory=StepTimings)
 
 
@@ -223,6 +228,11 @@ class DecodeEngine:
         self.plan = plan_for(self.config, datastore is not None)
         self.motion = MotionTracker(config.kerv, backend.norm_stats, period_s, kinematics)
         self.skips = VerifySkip()
+        self.precisions = getattr(backend, "precisions", None)
+        """The backend's precision variants (``policy/precision.py``), or None: none built."""
+        self.full_precision = self.precisions.full if self.precisions else "float32"
+        self.precision_policy = PrecisionPolicy(config.precision, self.full_precision)
+        self._precision_trajectory = -1
         self.configure(config)
 
     def set_kinematics(self, kinematics, period_s: float) -> None:
@@ -242,6 +252,16 @@ class DecodeEngine:
             out.append(f"mode {config.mode!r} needs a drafter and none is loaded")
         if features.needs_datastore and self.datastore is None:
             out.append(f"mode {config.mode!r} needs a retrieval datastore and none is loaded")
+        if config.dyq:
+            p = config.precision
+            wanted = [p.fixed] if p.fixed else [p.coarse, p.medium]
+            built = self.precisions.names if self.precisions else (self.full_precision,)
+            missing = [n for n in dict.fromkeys(wanted) if n not in built]
+            if missing:
+                out.append(
+                    f"dyq needs precision {', '.join(missing)}, not built (dyq_precisions at "
+                    f"configure; built: {', '.join(built)})"
+                )
         return out
 
     def configure(self, config: EngineConfig) -> None:
@@ -250,13 +270,17 @@ class DecodeEngine:
         if found:
             raise ValueError("; ".join(found))
         self.motion.configure(config.kerv)
+        self.precision_policy.configure(config.precision)
+        if not config.dyq and self.precisions is not None:
+            self.precisions.set(self.full_precision)  # dyq off: the model's own at once
         self.config = config
         self.plan = plan_for(config, self.datastore is not None)
 
     def reset(self) -> None:
-        """A new episode or instruction: the motion tracker and verify-skip start over."""
+        """A new episode or instruction: motion tracker, verify-skip and dyq start over."""
         self.motion.reset()
         self.skips.reset()
+        self.precision_policy.reset()
 
     def bins_of(self, tokens: list[int]) -> list[int]:
         """Action token ids -> bins 0..255, the datastore's alphabet."""
@@ -268,9 +292,10 @@ class DecodeEngine:
         clock = _PhaseClock(self.backend.device)
         prior = self.motion.begin(observation) if plan.motion else None
         threshold = prior.threshold if plan.kinematic_threshold else plan.fixed_threshold
+        choice = self._switch_precision(prior) if plan.dyq else None  # DyQ-VLA
         with clock.phase("prefill"):
             state = self.backend.prefill(observation)  # the first token comes with it
-        result = self._first_token(state, prior, threshold)
+        result = self._first_token(state, prior, threshold, choice)
         if not plan.speculative:
             self._decode_greedy(state, result, clock)
         else:
@@ -284,7 +309,22 @@ class DecodeEngine:
                 self._decode_speculative(state, result, clock, session, threshold, prior)
         return self._finish(result, prior, clock)
 
-    def _first_token(self, state, prior: MotionPrior | None, threshold: float) -> StepResult:
+    def _switch_precision(self, prior: MotionPrior):
+        """The policy's precision for this step, set on the verifier.
+
+        The drafter keeps its own: its errors cost acceptance length, never the action.
+        """
+        if prior is not None and self.motion.trajectory != self._precision_trajectory:
+            self.precision_policy.reset()  # a new trajectory the tracker detected by itself
+        self._precision_trajectory = self.motion.trajectory
+        choice = self.precision_policy.decide(prior.motion, prior.steps_since_gripper_change)
+        if self.precisions is not None:  # without variants only full precision passes problems()
+            self.precisions.set(choice.precision)
+        return choice
+
+    def _first_token(
+        self, state, prior: MotionPrior | None, threshold: float, choice=None
+    ) -> StepResult:
         return StepResult(
             mode=self.config.mode,
             tokens=self.backend.action_logits_to_tokens(state.action_logits[None]),
@@ -295,6 +335,8 @@ class DecodeEngine:
             threshold=float(threshold),
             twist_source=prior.twist_source if prior is not None else "",
             predicted_action=prior.mean if prior is not None else None,
+            precision=choice.precision if choice is not None else self.full_precision,
+            precision_score=choice.score if choice is not None else None,
         )
 
     def _finish(self, result: StepResult, prior: MotionPrior | None, clock) -> StepResult:

@@ -15,6 +15,10 @@ A new feature is one more column here, not one more string test in the engine.
     hybrid        x        x          x       x        x       x       x      x     x (r-scaled)
 
 (retrieval needs a datastore: ``heisd`` refuses to run without one, ``hybrid`` drafts alone.)
+
+DyQ-VLA's precision switching (``dyq``) is orthogonal to drafting: it is not a column of the
+table but a switch of every row (``ar+dyq``, ``hybrid+dyq``, ...), and it runs the motion
+tracker where the row does not.
 """
 
 from __future__ import annotations
@@ -99,6 +103,8 @@ class StepPlan:
     scale_sequence_by_threshold: bool
     fixed_threshold: int
     """The token-wise threshold when r does not follow the motion (0: exact)."""
+    dyq: bool = False
+    """Each step's precision follows the arm's motion (DyQ-VLA; ``dyq.py``)."""
 
 
 def plan_for(config: EngineConfig, has_datastore: bool) -> StepPlan:
@@ -111,11 +117,12 @@ def plan_for(config: EngineConfig, has_datastore: bool) -> StepPlan:
         speculative=features.drafter,
         retrieval=retrieval,
         merged_tree=features.merged_tree and retrieval,
-        motion=features.motion,
+        motion=features.motion or config.dyq,
         kinematic_threshold=kinematic,
         compensation=features.compensation,  # the tracker's gate reads kerv_compensation
         verify_skip=features.verify_skip and heisd.verify_skip,
         sequence_acceptance=features.sequence_acceptance and heisd.acceptance == "sequence",
         scale_sequence_by_threshold=features.scale_sequence_by_threshold and kinematic,
         fixed_threshold=config.relaxed_threshold if features.relaxed else 0,
+        dyq=config.dyq,
     )

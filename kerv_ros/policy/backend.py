@@ -16,6 +16,7 @@ import torch
 
 from kerv_ros.actions import ActionTokenizer, NormStats
 from kerv_ros.observation import Observation
+from kerv_ros.policy.precision import PrecisionError, PrecisionSet
 
 
 @dataclass
@@ -71,11 +72,18 @@ class PolicyBackend(ABC):
     device: torch.device
     state_dim: int = 0
     """Joint positions the policy reads beside the image (0: none, as OpenVLA)."""
+    precisions: PrecisionSet | None = None
+    """Numeric precisions the verifier can switch between (dyq), built by :meth:`build_precisions`
+    at load; None: only the model's own."""
     image_size: int | None = None
     """Side of the square image the policy is given, where it must be given that size (the
     default model): recordings are resized to it once, when read. None where the backend's
     own processor resizes what the camera gives (OpenVLA), so recordings keep their size and
     offline evaluation sees what the node sees."""
+
+    def build_precisions(self, names: tuple[str, ...]) -> PrecisionSet:
+        """Build these precision variants beside the model's own (``policy/precision.py``)."""
+        raise PrecisionError(f"{type(self).__name__} has no precision variants")
 
     @abstractmethod
     def prefill(self, observation: Observation) -> PrefillState:

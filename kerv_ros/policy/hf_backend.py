@@ -23,6 +23,7 @@ from kerv_ros.policy.backend import (
     TreeOutput,
     tree_attention,
 )
+from kerv_ros.policy.precision import PrecisionSet, build_precisions
 
 
 def cast_keeping_rope(module: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
@@ -48,6 +49,13 @@ class HFDecoderBackend(PolicyBackend):
     language_model: nn.Module  # base decoder returning ``last_hidden_state``
     lm_head: nn.Linear
     text_config: object
+
+    model: nn.Module  # the whole policy network (vision, projector, language model, lm_head)
+
+    def build_precisions(self, names: tuple[str, ...]) -> PrecisionSet:
+        """Switch the whole network's linear layers (the action head stays full precision)."""
+        self.precisions = build_precisions(self.model, names)
+        return self.precisions
 
     def _init_action_head(self) -> None:
         """Slice the lm_head to the action rows once: the verifier only scores action tokens."""

@@ -1,0 +1,165 @@
+"""DyQ-VLA: precision variants of a model, the switching policy, and dyq as a feature of modes."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from models import SMALL
+
+from kerv_ros.bench import row_config, summarise, synthetic_observations
+from kerv_ros.config import DyqConfig, EngineConfig, KervConfig
+from kerv_ros.decoding.drafter import EagleConfig, EagleDrafter
+from kerv_ros.decoding.engine import DecodeEngine
+from kerv_ros.dyq import PrecisionPolicy
+from kerv_ros.policy.precision import PrecisionError, build_precisions
+from kerv_ros.policy.vla import DefaultVLA
+
+VARIANTS = ("bfloat16", "int8", "int8_bf16")
+MODES = ("ar", "spec", "spec_relaxed", "kerv", "hybrid")
+
+
+def _drafter(backend):
+    torch.manual_seed(3)
+    return EagleDrafter(EagleConfig.for_target(backend.text_config)).eval()
+
+
+def _run(backend, config, observations):
+    engine = DecodeEngine(backend, _drafter(backend), config)
+    return [engine.step(o) for o in observations]
+
+
+def _same(a, b):
+    return (
+        a.tokens == b.tokens
+        and np.array_equal(a.action, b.action)
+        and (a.target_forwards, a.draft_forwards) == (b.target_forwards, b.draft_forwards)
+        and a.compensated_dims == b.compensated_dims
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_with_variants_built_every_mode_is_bit_identical_off_and_at_full(seed):
+    plain = DefaultVLA.random(SMALL, seed=seed)
+    switched = DefaultVLA.random(SMALL, seed=seed)
+    switched.build_precisions(VARIANTS)
+    observations = synthetic_observations(4, 30 + seed, SMALL.image_size)
+    held_full = DyqConfig(fixed="float32")
+    for mode in MODES:
+        reference = _run(plain, EngineConfig(mode=mode), observations)
+        off = _run(switched, EngineConfig(mode=mode), observations)
+        full = _run(switched, EngineConfig(mode=mode, dyq=True, precision=held_full), observations)
+        assert all(_same(a, b) for a, b in zip(reference, off, strict=True)), mode
+        assert all(_same(a, b) for a, b in zip(reference, full, strict=True)), mode
+        assert {r.precision for r in full} == {"float32"}
+
+
+def test_each_variant_runs_near_full_precision_and_counts_its_memory():
+    backend = DefaultVLA.random(SMALL, seed=0)
+    observation = synthetic_observations(1, 5, SMALL.image_size)[0]
+    full = backend.prefill(observation).action_logits
+    precisions = backend.build_precisions(VARIANTS)
+    assert precisions.names == ("float32", *VARIANTS)
+    for name in VARIANTS:
+        precisions.set(name)
+        logits = backend.prefill(observation).action_logits
+        difference = (logits - full).abs().max().item()
+        assert 0 < difference < 0.05 * full.abs().max().item(), name
+    memory = precisions.memory()
+    linear = sum(m.linear.weight.numel() for m in precisions._layers if m.linear.weight is not None)
+    assert memory["bfloat16"] >= 2 * linear and memory["int8"] >= linear  # 2 and 1 bytes each
+    assert memory["int8"] < 0.3 * memory["float32"]  # one int8 copy serves int8 and int8_bf16
+    precisions.set("float32")
+    assert torch.equal(backend.prefill(observation).action_logits, full)
+
+
+def test_a_variant_without_its_kernel_is_refused_before_anything_changes(monkeypatch):
+    backend = DefaultVLA.random(SMALL, seed=0)
+    layers_before = [type(m) for m in backend.model.modules()]
+
+    def missing(*args):
+        raise RuntimeError("Could not run '_weight_int8pack_mm' with arguments from the CPU")
+
+    monkeypatch.setattr(torch, "_weight_int8pack_mm", missing)
+    with pytest.raises(PrecisionError, match="precision int8 cannot run on cpu: Could not run"):
+        backend.build_precisions(("int8",))
+    with pytest.raises(PrecisionError, match="unknown precision int4"):
+        build_precisions(backend.model, ("int4",))
+    assert [type(m) for m in backend.model.modules()] == layers_before
+
+
+def _policy(**changes):
+    config = replace(DyqConfig(warmup_steps=2, min_dwell=2, gripper_window=2), **changes)
+    return PrecisionPolicy(config, "float32")
+
+
+FAST = np.array([0.3, 0.0, 0.0, 0.0, 0.0, 0.0])
+"""Free-space transit: a large translation per step, no rotation (fineness near 0)."""
+SLOW = np.array([0.002, 0.0, 0.0, 0.0, 0.0, 0.0])
+"""A fine approach: almost no translation (fineness near 1)."""
+
+
+def _precisions(policy, motions, gripper=None):
+    gripper = gripper or [10**9] * len(motions)
+    return [policy.decide(m, g).precision for m, g in zip(motions, gripper, strict=True)]
+
+
+def test_coarse_transit_lowers_precision_after_warmup_and_dwell():
+    seen = _precisions(_policy(), [FAST] * 8)
+    assert seen[:2] == ["float32", "float32"]  # warm-up
+    assert seen[2:4] == ["float32"] * 2  # dwell: min_dwell more steps after the last forced one
+    assert seen[4:] == ["int8_bf16"] * 4
+
+
+def test_fine_motion_and_angular_jerk_raise_precision_at_once():
+    policy = _policy()
+    _precisions(policy, [FAST] * 8)
+    # Fineness is a broad trend: one slow step in a window of fast ones changes nothing.
+    assert policy.decide(SLOW, 10**9).precision == "int8_bf16"
+    policy = _policy(window_macro=1)
+    assert _precisions(policy, [FAST] * 8)[-1] == "int8_bf16"
+    assert policy.decide(SLOW, 10**9).precision == "float32"  # fine translation: at once
+    policy = _policy(fineness_weight=0.0)  # jerk alone decides
+    assert _precisions(policy, [FAST] * 8)[-1] == "int8_bf16"
+    twist = FAST.copy()
+    twist[3] = 0.5  # a rotational spike
+    choice = policy.decide(twist, 10**9)
+    assert choice.precision == "float32" and choice.score == pytest.approx(1.0)
+
+
+def test_gripper_changes_unmeasured_motion_and_a_fixed_setting():
+    policy = _policy()
+    _precisions(policy, [FAST] * 8)
+    assert policy.decide(FAST, 0).reason == "gripper"
+    assert policy.decide(FAST, 0).precision == "float32"
+    assert policy.decide(None, 10**9).reason == "unmeasured"
+    fixed = _policy(fixed="int8")
+    assert set(_precisions(fixed, [SLOW, FAST, None])) == {"int8"}
+
+
+def test_hysteresis_keeps_a_score_near_the_bound_where_it_is():
+    policy = _policy(window_macro=1, hysteresis=0.2, coarse_below=0.35, full_above=0.6)
+    # Score 0.5 * speed_ref / (speed_ref + s): 0.3 at s = 0.0333 (below coarse_below, but not
+    # by the hysteresis): the policy comes down to medium, not to coarse.
+    near = np.array([0.0333, 0, 0, 0, 0, 0])
+    assert _precisions(policy, [near] * 8)[-1] == "int8"
+
+
+def test_dyq_rows_carry_the_precision_share_and_need_their_variants():
+    backend = DefaultVLA.random(SMALL, seed=0)
+    observations = synthetic_observations(3, 2, SMALL.image_size)
+    config = row_config(EngineConfig(), "ar+dyq")
+    assert config.dyq and config.mode == "ar"
+    with pytest.raises(ValueError, match="dyq needs precision int8_bf16, int8, not built"):
+        DecodeEngine(backend, None, config)
+    backend.build_precisions(("int8", "int8_bf16"))
+    fixed = replace(config, precision=DyqConfig(fixed="int8"))
+    results = {
+        "ar": _run(backend, EngineConfig(mode="ar"), observations),
+        "ar+dyq": _run(backend, fixed, observations),
+    }
+    summary = summarise(results)
+    assert summary["ar"]["precision_share"] == {"float32": 1.0}
+    assert summary["ar+dyq"]["precision_share"] == {"int8": 1.0}
+    kerv = row_config(EngineConfig(kerv=KervConfig()), "kerv_no_comp+dyq")
+    assert kerv.dyq and kerv.mode == "kerv" and not kerv.kerv.compensation
