@@ -19,6 +19,7 @@ from pathlib import Path
 import rclpy
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.serialization import deserialize_message
+from rclpy.signals import SignalHandlerOptions
 
 from kerv_ros import bags, loopback
 
@@ -146,7 +147,9 @@ def record(
         raise FileExistsError(f"{output} exists; choose a new bag path")
     counts = {topic: 0 for topic in topics}
     _join_graph()
-    rclpy.init()
+    # Ctrl-C is a KeyboardInterrupt here, not rclpy's shutdown of the context under a spin
+    # (which surfaced as 'failed to initialize wait set' mid-spin).
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("kerv_record")
     writer = None
     try:
@@ -212,7 +215,9 @@ def replay(
     if not messages:
         raise ValueError(f"{path}: nothing after --start {start_s} s")
     _join_graph()
-    rclpy.init()
+    # Ctrl-C is a KeyboardInterrupt here, not rclpy's shutdown of the context under a spin
+    # (which surfaced as 'failed to initialize wait set' mid-spin).
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("kerv_replay")
     # Reliable, whatever the source offered: a reliable writer still serves best-effort
     # readers (the node's sensor subscriptions), and a recorder of the replay misses nothing.

@@ -184,20 +184,23 @@ def test_dyq_switches_the_verifier_and_reports_each_steps_precision(node):
     assert probe.set_param("dyq_coarse", "int8_bf16").successful
     assert probe.set_param("dyq_fixed", "int8").successful
     assert probe.set_param("dyq", True).successful
-    t0 = time.monotonic()
-    probe.wait_for(probe.stats, lambda m: m.precision == "int8", t0=t0)
-    status = probe.wait_for(
-        probe.diagnostics,
-        lambda d: (
-            diag_status(d) is not None
-            and {kv.key: kv.value for kv in diag_status(d).values}.get("precision") == "int8"
-        ),
-        t0=t0,
-    )
-    assert "int8" in {kv.key: kv.value for kv in diag_status(status).values}["precision_share"]
-    assert probe.set_param("dyq", False).successful
+    try:
+        t0 = time.monotonic()
+        probe.wait_for(probe.stats, lambda m: m.precision == "int8", t0=t0)
+        status = probe.wait_for(
+            probe.diagnostics,
+            lambda d: (
+                diag_status(d) is not None
+                and {kv.key: kv.value for kv in diag_status(d).values}.get("precision") == "int8"
+            ),
+            t0=t0,
+        )
+        values = {kv.key: kv.value for kv in diag_status(status).values}
+        assert "int8" in values["precision_share"]
+    finally:  # the module's later tests run at the model's own precision
+        assert probe.set_param("dyq", False).successful
+        assert probe.set_param("dyq_fixed", "").successful
     probe.wait_for(probe.stats, lambda m: m.precision == "float32", t0=time.monotonic())
-    assert probe.set_param("dyq_fixed", "").successful
 
 
 def test_lifecycle_through_change_state(node):

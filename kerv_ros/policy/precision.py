@@ -2,10 +2,11 @@
 
 DyQ-VLA keeps one low-bit copy of the weights for the whole run and switches only the
 activations' precision step by step. PyTorch's own weight-only int8 kernel
-(``torch._weight_int8pack_mm``, the CPU and GPU kernel torchao's int8 weight-only path also
-dispatches to) takes activations in float32 or bfloat16 over the same int8 weights and per-row
-scales, so here one int8 copy serves two precisions: ``int8`` (int8 weights, activations at the
-model's own precision) and ``int8_bf16`` (int8 weights, bfloat16 activations). ``bfloat16``
+(``torch._weight_int8pack_mm``, where torchao's int8 weight-only path also lands) takes
+bfloat16 activations over int8 weights and per-row scales; the same int8 weights, widened per
+call to the model's own dtype and scaled after the matmul, serve float32 activations. So one int8
+copy serves two precisions: ``int8`` (int8 weights, activations at the model's own precision)
+and ``int8_bf16`` (int8 weights, bfloat16 activations). ``bfloat16``
 (bfloat16 weights and activations) needs its own copy of the weights. The model's own weights
 stay, untouched, as the full precision: at full precision a step is bit-identical to the model
 without variants. torchao was not used: each of its quantisation configs is its own tensor type
@@ -87,13 +88,17 @@ class SwitchableLinear(nn.Module):
         if name == "bfloat16":
             bias = self.bf16_bias
             return nn.functional.linear(x.to(torch.bfloat16), self.bf16_weight, bias).to(x.dtype)
-        activation = torch.bfloat16 if name == "int8_bf16" else x.dtype
-        scales = self.scales_bf16 if name == "int8_bf16" else self.scales
-        flat = x.reshape(-1, x.shape[-1]).to(activation)
-        if self.pad:
-            flat = nn.functional.pad(flat, (0, self.pad))
-        out = torch._weight_int8pack_mm(flat.contiguous(), self.int8_weight, scales)
-        out = out.reshape(*x.shape[:-1], -1).to(x.dtype)
+        if name == "int8":
+            # PyTorch's int8 kernel with float32 input is a slow reference path (measured 40x
+            # a float32 matmul for 300 rows): int8 weights widened per call, scaled after.
+            inner = self.int8_weight[:, : x.shape[-1]]
+            out = nn.functional.linear(x, inner.to(x.dtype)) * self.scales
+        else:
+            flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+            if self.pad:
+                flat = nn.functional.pad(flat, (0, self.pad))
+            out = torch._weight_int8pack_mm(flat.contiguous(), self.int8_weight, self.scales_bf16)
+            out = out.reshape(*x.shape[:-1], -1).to(x.dtype)
         return out if self.linear.bias is None else out + self.linear.bias
 
     def extra_bytes(self) -> dict[str, int]:
