@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -49,6 +51,19 @@ def _join_graph() -> None:
     processes get, would never meet the arm's nodes.
     """
     loopback.apply(int(os.environ.get("ROS_DOMAIN_ID") or 0))
+
+
+def _stop_on_signals() -> threading.Event:
+    """Ctrl-C and SIGTERM end a recording or a replay cleanly (the bag is closed).
+
+    Handled here, not by rclpy (whose shutdown of the context under a spin surfaced as 'failed
+    to initialize wait set'), and not as KeyboardInterrupt, which Python never raises in a
+    process started with SIGINT ignored (a background job's child).
+    """
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
 
 
 def message_class(msgtype: str):
@@ -147,8 +162,7 @@ def record(
         raise FileExistsError(f"{output} exists; choose a new bag path")
     counts = {topic: 0 for topic in topics}
     _join_graph()
-    # Ctrl-C is a KeyboardInterrupt here, not rclpy's shutdown of the context under a spin
-    # (which surfaced as 'failed to initialize wait set' mid-spin).
+    stop = _stop_on_signals()
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("kerv_record")
     writer = None
@@ -162,13 +176,10 @@ def record(
         pending = {topic: NODE_TOPICS.get(topic) for topic in topics}
         log.info("recording into %s: %s", output, ", ".join(topics))
         end = time.monotonic() + duration_s if duration_s else None
-        try:
-            while rclpy.ok() and (end is None or time.monotonic() < end):
-                if pending:
-                    _subscribe_when_published(node, pending, on_message)
-                rclpy.spin_once(node, timeout_sec=0.1)
-        except KeyboardInterrupt:
-            pass
+        while not stop.is_set() and (end is None or time.monotonic() < end):
+            if pending:
+                _subscribe_when_published(node, pending, on_message)
+            rclpy.spin_once(node, timeout_sec=0.1)
         if pending:
             log.warning("no publisher seen on %s: nothing recorded there", ", ".join(pending))
     finally:
@@ -215,8 +226,7 @@ def replay(
     if not messages:
         raise ValueError(f"{path}: nothing after --start {start_s} s")
     _join_graph()
-    # Ctrl-C is a KeyboardInterrupt here, not rclpy's shutdown of the context under a spin
-    # (which surfaced as 'failed to initialize wait set' mid-spin).
+    stop = _stop_on_signals()
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("kerv_replay")
     # Reliable, whatever the source offered: a reliable writer still serves best-effort
@@ -238,17 +248,18 @@ def replay(
     while time.monotonic() < deadline and not all(
         p.get_subscription_count() for p in publishers.values()
     ):
-        time.sleep(0.05)
+        if stop.wait(0.05):
+            break
     sent = 0
     try:
-        while True:
+        while not stop.is_set():
             begin = time.monotonic()
             for stamp, topic, raw in tqdm(
                 messages, desc="replay", unit="msg", disable=not progress
             ):
                 delay = begin + (stamp - first) / 1e9 / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
+                if (delay > 0 and stop.wait(delay)) or stop.is_set():
+                    break
                 if restamp and topic in stamped:
                     msg = deserialize_message(raw, stamped[topic])
                     msg.header.stamp = node.get_clock().now().to_msg()
@@ -258,9 +269,7 @@ def replay(
                 sent += 1
             if not loop:
                 break
-        time.sleep(0.5)  # let the last messages leave before the node goes
-    except KeyboardInterrupt:
-        pass
+        stop.wait(0.5)  # let the last messages leave before the node goes
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
