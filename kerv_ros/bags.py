@@ -141,11 +141,11 @@ def read_streams(
 
 def _align(raw: list[tuple[str, int, Any]], topics: Iterable[str]) -> dict[str, Stream]:
     """Messages in receive order -> streams on the header clock (see :class:`Message`)."""
-    stamped = [(r, _stamp_ns(m)) for _, r, m in raw if _stamp_ns(m) is not None]
-    delay = stamped[0][0] - stamped[0][1] if stamped else 0
+    items = sorted(((t, r, m, _stamp_ns(m)) for t, r, m in raw), key=lambda item: item[1])
+    # Before the first stamped message, unstamped ones take its delay.
+    delay = next((r - s for _, r, _, s in items if s is not None), 0)
     out: dict[str, list[Message]] = {topic: [] for topic in topics}
-    for topic, received, msg in sorted(raw, key=lambda item: item[1]):
-        stamp = _stamp_ns(msg)
+    for topic, received, msg, stamp in items:
         if stamp is not None:
             delay = received - stamp
         out[topic].append(Message(received - delay if stamp is None else stamp, received, msg))

@@ -188,13 +188,14 @@ def summarise(results: dict[str, list[StepResult]]) -> dict[str, dict[str, float
         differ = tokens != ar_tokens
         first_error = [int(np.argmax(row)) + 1 for row in differ if row.any()]
         errors = np.abs(np.array([r.action for r in steps]) - ar_actions)
+        figures = report.step_figures(
+            [r.timings.total_ms for r in steps], [r.target_forwards for r in steps], accepted
+        )
         summary[mode] = {
-            **report.step_figures(
-                [r.timings.total_ms for r in steps], [r.target_forwards for r in steps], accepted
-            ),
+            **figures,
             "draft_forwards_per_step": float(np.mean([r.draft_forwards for r in steps])),
             "decode_ms_median": decode_ms,
-            "speedup_vs_ar_step": float(ar_step / np.median([r.timings.total_ms for r in steps])),
+            "speedup_vs_ar_step": float(ar_step / figures["step_ms_median"]),
             "speedup_vs_ar_decode": float(ar_decode / decode_ms),
             "token_mismatch_vs_ar": float(
                 np.mean(np.abs(np.array([r.tokens for r in steps]) - ar_tokens))

@@ -50,10 +50,10 @@ class PrecisionPolicy:
     def configure(self, config: DyqConfig) -> None:
         """New bounds and weights; new window lengths start the windows over."""
         windows = (config.window_macro, config.window_micro)
-        if windows != (self.config.window_macro, self.config.window_micro):
-            self.config = config
-            self.reset()
+        resized = windows != (self.config.window_macro, self.config.window_micro)
         self.config = config
+        if resized:
+            self.reset()
 
     def precision_of(self, level: int) -> str:
         return (self.config.coarse, self.config.medium, self.full)[level]

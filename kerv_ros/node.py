@@ -142,8 +142,8 @@ class _Health:
     error_level: bytes = DiagnosticStatus.OK
     note: str = ""  # a warning that does not stop commanding (e.g. no joint velocities)
     twist_source: str = ""  # kerv: where the last step's measured motion came from
-    precision: str = ""  # the verifier's precision on the last step (dyq switches it)
     precisions: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
+    """The verifier's precision on each recent step (dyq switches it), newest last."""
 
 
 def _shares(names) -> str:
@@ -662,7 +662,6 @@ class KervNode(Node):
             health.overruns += 1
         health.note = joints.velocity_note
         health.twist_source = result.twist_source
-        health.precision = result.precision
         health.precisions.append(result.precision)
         self._set_error("", OK)
 
@@ -781,7 +780,7 @@ class KervNode(Node):
             "node_overhead_ms_p99": f"{np.percentile(overhead, 99):.2f}",
             "last_error": _bounded(health.last_error),
             "kinematics": self._kinematics_note,
-            "precision": health.precision or "-",
+            "precision": health.precisions[-1] if health.precisions else "-",
             "precision_share": _shares(health.precisions),
             "twist_source": health.twist_source,
         }

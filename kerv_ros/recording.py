@@ -125,7 +125,8 @@ def _subscribe_when_published(node, pending: dict[str, str | None], callback) ->
     Called on every spin: a topic is subscribed when its first publisher appears, with that
     publisher's QoS and, for topics kerv_node does not own, the type the graph reports.
     """
-    graph_types = dict(node.get_topic_names_and_types())
+    untyped = any(msgtype is None for msgtype in pending.values())
+    graph_types = dict(node.get_topic_names_and_types()) if untyped else {}
     for topic in list(pending):
         msgtype = pending[topic] or (graph_types.get(topic) or [None])[0]
         qos = _offered_qos(node, topic) if msgtype else None

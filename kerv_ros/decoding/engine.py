@@ -314,7 +314,7 @@ class DecodeEngine:
 
         The drafter keeps its own: its errors cost acceptance length, never the action.
         """
-        if prior is not None and self.motion.trajectory != self._precision_trajectory:
+        if self.motion.trajectory != self._precision_trajectory:
             self.precision_policy.reset()  # a new trajectory the tracker detected by itself
         self._precision_trajectory = self.motion.trajectory
         choice = self.precision_policy.decide(prior.motion, prior.steps_since_gripper_change)
