@@ -221,7 +221,7 @@ class HeisdConfig:
     """Per-dimension weights of the sequence-wise distance (the gripper counts double)."""
 
 
-PRECISIONS = ("float32", "bfloat16", "int8", "int8_bf16")
+PRECISIONS = ("float32", "bfloat16", "int8", "int8_bf16", "int4_bf16")
 """Precisions a step can run at (``policy/precision.py``): the model's own (float32 on the CPU),
 bfloat16 weights and activations, int8 weights with the model's activations, int8 weights with
 bfloat16 activations (one int8 copy serves both)."""
@@ -407,7 +407,8 @@ class ModelConfig:
         read_only=True,
     )
     """Built beside the model's own weights: one int8 copy (+25 % of a float32 model's
-    weights) serves ``int8`` and ``int8_bf16``; ``bfloat16`` adds its own copy (+50 %)."""
+    weights) serves ``int8`` and ``int8_bf16``; ``bfloat16`` adds its own copy (+50 %) and
+    ``int4_bf16`` its own (+16 %: half a byte a weight and a scale and offset per 32)."""
 
 
 ENGINE_PARAMS = params_table(EngineConfig)

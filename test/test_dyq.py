@@ -15,7 +15,7 @@ from kerv_ros.dyq import PrecisionPolicy
 from kerv_ros.policy.precision import PrecisionError, build_precisions
 from kerv_ros.policy.vla import DefaultVLA
 
-VARIANTS = ("bfloat16", "int8", "int8_bf16")
+VARIANTS = ("bfloat16", "int8", "int8_bf16", "int4_bf16")
 MODES = ("ar", "spec", "spec_relaxed", "kerv", "hybrid")
 
 
@@ -64,11 +64,13 @@ def test_each_variant_runs_near_full_precision_and_counts_its_memory():
         precisions.set(name)
         logits = backend.prefill(observation).action_logits
         difference = (logits - full).abs().max().item()
-        assert 0 < difference < 0.05 * full.abs().max().item(), name
+        bound = 0.3 if name == "int4_bf16" else 0.05  # int4: 16 levels per group of 32 weights
+        assert 0 < difference < bound * full.abs().max().item(), name
     memory = precisions.memory()
     linear = sum(m.linear.weight.numel() for m in precisions._layers if m.linear.weight is not None)
     assert memory["bfloat16"] >= 2 * linear and memory["int8"] >= linear  # 2 and 1 bytes each
     assert memory["int8"] < 0.3 * memory["float32"]  # one int8 copy serves int8 and int8_bf16
+    assert linear / 2 <= memory["int4_bf16"] < 0.5 * memory["int8"] + 0.2 * linear
     precisions.set("float32")
     assert torch.equal(backend.prefill(observation).action_logits, full)
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from kerv_ros.config import EngineConfig, HeisdConfig, KervConfig, ModelConfig
+from kerv_ros.config import DyqConfig, EngineConfig, HeisdConfig, KervConfig, ModelConfig
 from kerv_ros.decoding.engine import DecodeEngine, TokenSource
 from kerv_ros.loading import ModelLoadError, load_models, load_policy
 from kerv_ros.policy.backend import Observation
@@ -182,3 +182,46 @@ def test_every_mode_runs_and_the_lossless_settings_reproduce_ar(dtype):
         for o in observations:
             result = engine.step(o)
             assert len(result.tokens) == 7 and np.all(np.isfinite(result.raw_action))
+
+
+def test_precision_variants_switch_the_whole_openvla_model_and_full_stays_its_own():
+    """dyq on an OpenVLA checkpoint: the variants build through the loader, cover the vision
+    towers, projector and language model, run, and full precision is the model's own."""
+    options = ModelConfig(model=str(CHECKPOINT), unnorm_key="bridge_orig")
+    variants = ("bfloat16", "int8", "int8_bf16", "int4_bf16")
+    plain = load_models(options)
+    loaded = load_models(replace(options, dyq_precisions=",".join(variants)))
+    precisions = loaded.backend.precisions
+    assert precisions.names == ("float32", *variants)
+    switched = {id(m) for m in precisions._layers}
+    owners = {n.split(".")[0] for n, m in loaded.backend.model.named_modules() if id(m) in switched}
+    assert owners == {"towers", "projector", "language_model"}
+    memory = precisions.memory()
+    assert memory["int8"] < 0.4 * memory["float32"] and memory["int4_bf16"] < memory["int8"]
+    expected = [e for e in EXPECTED if e["unnorm_key"] == "bridge_orig"][:6]
+    observations = [_observation(e) for e in expected]
+    assert [e["generated_token_ids"] for e in expected] == [
+        DecodeEngine(loaded.backend, None, EngineConfig(mode="ar")).step(o).tokens
+        for o in observations
+    ]
+    store = _fixture_store(
+        plain.backend, DecodeEngine(plain.backend, None, EngineConfig(mode="ar")), observations
+    )
+    held_full = DyqConfig(fixed="float32")
+    for config in (EngineConfig(), EngineConfig(dyq=True, precision=held_full)):  # hybrid
+        reference = DecodeEngine(plain.backend, plain.drafter, EngineConfig(), datastore=store)
+        engine = DecodeEngine(loaded.backend, plain.drafter, config, datastore=store)
+        for o in observations:
+            a, b = reference.step(o), engine.step(o)
+            assert a.tokens == b.tokens and a.target_forwards == b.target_forwards
+    # The fixture's weights are random (greedy ties reorder under any rounding), so nearness
+    # is judged on the first action logits against their range: half of it for int4's 16 levels.
+    full = [loaded.backend.prefill(o).action_logits for o in observations]
+    spread = max((f.max() - f.min()).item() for f in full)
+    for name in variants:
+        config = EngineConfig(mode="ar", dyq=True, precision=DyqConfig(fixed=name))
+        engine = DecodeEngine(loaded.backend, None, config)
+        assert {engine.step(o).precision for o in observations} == {name}
+        logits = [loaded.backend.prefill(o).action_logits for o in observations]  # still at name
+        worst = max((a - b).abs().max().item() for a, b in zip(logits, full, strict=True))
+        assert 0 < worst < (0.5 if name == "int4_bf16" else 0.1) * spread, name

@@ -7,7 +7,10 @@ bfloat16 activations over int8 weights and per-row scales; the same int8 weights
 call to the model's own dtype and scaled after the matmul, serve float32 activations. So one int8
 copy serves two precisions: ``int8`` (int8 weights, activations at the model's own precision)
 and ``int8_bf16`` (int8 weights, bfloat16 activations). ``bfloat16``
-(bfloat16 weights and activations) needs its own copy of the weights. The model's own weights
+(bfloat16 weights and activations) needs its own copy of the weights, and so does ``int4_bf16``
+(int4 weights in groups of 32 with a bfloat16 scale and offset each, bfloat16 activations:
+PyTorch's CPU tinygemm kernel ``aten._weight_int4pack_mm_for_cpu``, the one torchao's CPU int4
+path calls; it takes no float32 activations). The model's own weights
 stay, untouched, as the full precision: at full precision a step is bit-identical to the model
 without variants. torchao was not used: each of its quantisation configs is its own tensor type
 (one copy per precision), and it is not in this project's pinned environment.
@@ -26,10 +29,15 @@ from torch import nn
 
 FULL = "full"
 """Placeholder of the model's own precision; :attr:`PrecisionSet.full` names it (``float32``)."""
-LOW_PRECISIONS = ("bfloat16", "int8", "int8_bf16")
+LOW_PRECISIONS = ("bfloat16", "int8", "int8_bf16", "int4_bf16")
+"""Variants that can be built beside the model's own precision, in no particular order."""
 INNER_MULTIPLE = 16
 """``torch._weight_int8pack_mm`` with bfloat16 input needs the inner dimension in 16s."""
-"""Variants that can be built beside the model's own precision, in no particular order."""
+INT4_GROUP = 32
+"""Input columns sharing one int4 scale and offset (torchao's default group size is 128; 32
+keeps the default model's 256-wide layers within 1 % of float32)."""
+INT4_ROWS = 16
+"""The int4 packing needs the output rows in 16s."""
 
 
 class PrecisionError(ValueError):
@@ -71,6 +79,10 @@ class SwitchableLinear(nn.Module):
             self.int8_weight = nn.functional.pad(int8, (0, self.pad)).contiguous()
             self.scales = scales.to(weight.dtype).contiguous()
             self.scales_bf16 = scales.to(torch.bfloat16).contiguous()
+        self.int4_weight = self.int4_scales = None
+        self.int4_pad = 0
+        if "int4_bf16" in names:
+            self.int4_weight, self.int4_scales, self.int4_pad = _int4_pack(weight.float())
 
     @property
     def weight(self) -> torch.Tensor:
@@ -93,12 +105,21 @@ class SwitchableLinear(nn.Module):
             # a float32 matmul for 300 rows): int8 weights widened per call, scaled after.
             inner = self.int8_weight[:, : x.shape[-1]]
             out = nn.functional.linear(x, inner.to(x.dtype)) * self.scales
-        else:
+        elif name == "int8_bf16":
             flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
             if self.pad:
                 flat = nn.functional.pad(flat, (0, self.pad))
             out = torch._weight_int8pack_mm(flat.contiguous(), self.int8_weight, self.scales_bf16)
             out = out.reshape(*x.shape[:-1], -1).to(x.dtype)
+        else:  # int4_bf16
+            flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+            if self.int4_pad:
+                flat = nn.functional.pad(flat, (0, self.int4_pad))
+            out = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                flat.contiguous(), self.int4_weight, INT4_GROUP, self.int4_scales
+            )
+            rows = self.linear.out_features
+            out = out[:, :rows].reshape(*x.shape[:-1], rows).to(x.dtype)
         return out if self.linear.bias is None else out + self.linear.bias
 
     def extra_bytes(self) -> dict[str, int]:
@@ -110,7 +131,32 @@ class SwitchableLinear(nn.Module):
         if self.int8_weight is not None:
             scales = _nbytes(self.scales) + _nbytes(self.scales_bf16)
             sizes["int8"] = _nbytes(self.int8_weight) + scales
+        if self.int4_weight is not None:
+            sizes["int4_bf16"] = _nbytes(self.int4_weight) + _nbytes(self.int4_scales)
         return sizes
+
+
+def _int4_pack(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Asymmetric int4 per group of :data:`INT4_GROUP` input columns, packed for the CPU kernel.
+
+    The kernel's convention: ``w = (q - 8) * scale + offset`` with q in 0..15 and (scale,
+    offset) per group and output row, laid out (groups, rows, 2). Rows are padded to 16s and
+    columns to whole groups with zeros (a zero column, met by a zero input, adds nothing).
+    Returns the packed weights, the scales and offsets, and the input padding.
+    """
+    rows, columns = weight.shape
+    pad = -columns % INT4_GROUP
+    w = nn.functional.pad(weight, (0, pad, 0, -rows % INT4_ROWS))
+    groups = w.reshape(w.shape[0], -1, INT4_GROUP)
+    low, high = groups.amin(dim=-1), groups.amax(dim=-1)
+    scale = ((high - low) / 15.0).clamp(min=1e-12)
+    q = torch.round((groups - low[..., None]) / scale[..., None]).clamp(0, 15)
+    offset = low + 8.0 * scale
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+        q.reshape(w.shape).to(torch.int32).contiguous(), 1
+    )
+    scales = torch.stack([scale, offset], dim=-1).transpose(0, 1).contiguous().bfloat16()
+    return packed, scales, pad
 
 
 def _nbytes(t: torch.Tensor) -> int:
@@ -192,9 +238,13 @@ def _probe_kernel(name: str, device: torch.device, dtype: torch.dtype) -> None:
         if name == "bfloat16":
             nn.functional.linear(x.bfloat16(), torch.randn(32, 64, device=device).bfloat16())
             return
+        if name == "int4_bf16":
+            packed, scales, _ = _int4_pack(torch.randn(32, 64, device=device))
+            torch.ops.aten._weight_int4pack_mm_for_cpu(x.bfloat16(), packed, INT4_GROUP, scales)
+            return
         activation = torch.bfloat16 if name == "int8_bf16" else dtype
         w = torch.randint(-127, 128, (32, 64), dtype=torch.int8, device=device)
         torch._weight_int8pack_mm(x.to(activation), w, torch.rand(32, device=device).to(activation))
-    except (RuntimeError, NotImplementedError) as err:
+    except (RuntimeError, NotImplementedError, AttributeError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise PrecisionError(f"precision {name} cannot run on {device}: {first_line}") from err
