@@ -241,7 +241,11 @@ class DyqConfig:
     immediate; lowering waits ``min_dwell`` steps at the current one and needs ``S`` below the
     bound by ``hysteresis``. Full precision on the first ``warmup_steps`` of an episode, for
     ``gripper_window`` steps after a gripper change, and wherever the motion is not measured.
-    ``kerv dyq calibrate`` writes measured bounds beside a model (``dyq.json``).
+    ``kerv dyq calibrate`` measures each precision's action error against full precision,
+    binned by S, into ``dyq.json`` beside the model; where that table holds (``table`` on, and
+    calibrated with the live scoring parameters and precisions), it maps S instead of the two
+    bounds: a bin runs at ``coarse`` where that precision's error is within ``error_bound``,
+    else at ``medium`` where that one's is, else at full precision.
     """
 
     PARAM_PREFIX: ClassVar[str] = "dyq_"
@@ -261,6 +265,11 @@ class DyqConfig:
         0.05, "dyq: translation (action units/step) of fineness 0.5", 1e-6, 10.0
     )
     jerk_ref: float = param(0.05, "dyq: angular jerk (action units) of jerk score 1", 1e-6, 10.0)
+    table: bool = param(True, "dyq: map scores through dyq.json beside the model where it holds")
+    error_bound: float = param(
+        0.004, "dyq: largest calibrated action error a bin may run below full precision", 0.0, 2.0
+    )
+    """Mean |action - full-precision action| over the 7 dims, action units (a bin is 0.0078)."""
     window_macro: int = param(10, "dyq: steps of the fineness window", 1, 1000)
     window_micro: int = param(5, "dyq: steps of the jerk window", 1, 1000)
     hysteresis: float = param(0.05, "dyq: score margin before lowering precision", 0.0, 1.0)

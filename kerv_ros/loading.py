@@ -16,6 +16,7 @@ import torch
 
 from kerv_ros.config import DraftConfig, ModelConfig
 from kerv_ros.decoding.drafter import EagleConfig, EagleDrafter
+from kerv_ros.dyq import TABLE_FILE, CalibrationTable
 from kerv_ros.policy.backend import PolicyBackend
 from kerv_ros.policy.openvla import OpenVLABackend, is_openvla_checkpoint
 from kerv_ros.policy.prismatic import CheckpointError
@@ -81,6 +82,10 @@ def load_models(
         what = f"precision variants {', '.join(names)} of {options.model}"
         if names:
             backend.build_precisions(names)
+            table = dyq_table_path(options.model)
+            what = "dyq calibration table"  # its errors name the file
+            if table is not None and table.is_file():
+                backend.precisions.calibration = CalibrationTable.load(table)
         what = f"datastore {options.datastore_path or 'beside ' + options.model}"
         datastore = load_datastore(options.model, options.datastore_path)
     except ModelLoadError:
@@ -88,6 +93,11 @@ def load_models(
     except Exception as err:  # every loader error becomes one line, never a traceback
         raise ModelLoadError(f"cannot load {what}: {_one_line(err)}") from err
     return LoadedModels(backend, drafter, datastore)
+
+
+def dyq_table_path(name: str) -> Path | None:
+    """Where ``kerv dyq calibrate`` writes, and configure reads, a model's table (None: random)."""
+    return None if name == "random" else model_directory(name) / TABLE_FILE
 
 
 def load_policy(

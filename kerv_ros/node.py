@@ -782,6 +782,7 @@ class KervNode(Node):
             "kinematics": self._kinematics_note,
             "precision": health.precisions[-1] if health.precisions else "-",
             "precision_share": _shares(health.precisions),
+            "precision_map": self._engine.precision_policy.map_source if self._engine else "-",
             "twist_source": health.twist_source,
         }
         status.values = [KeyValue(key=k, value=_bounded(v)) for k, v in values.items()]

@@ -75,6 +75,14 @@ COLUMNS: dict[str, Column] = {
     "draft_source_mix.kalman": Column("kf", "{:.2f}"),
     "draft_source_mix.verifier": Column("ver", "{:.2f}"),
     "precision_share.float32": Column("fp32 share", "{:.0%}"),
+    "prefill_ms": Column("prefill ms", "{:.2f}"),
+    "decode_ms_per_token": Column("decode ms/token", "{:.2f}"),
+    "verify_7_ms": Column("verify 7 ms", "{:.2f}"),
+    "verify_24_ms": Column("verify 24 ms", "{:.2f}"),
+    "verify_49_ms": Column("verify 49 ms", "{:.2f}"),
+    "weights_mib": Column("weights MiB", "{:.1f}"),
+    "action_error_vs_full": Column("|act-full|", "{:.4f}"),
+    "tokens_changed": Column("tokens changed", "{:.1%}"),
 }
 
 BENCH = (
@@ -135,6 +143,17 @@ SIM_RUN = (
     "speedup_vs_ar_step",
 )
 """``kerv sim run``: the node in the loop, per mode."""
+PRECISION = (
+    "prefill_ms",
+    "decode_ms_per_token",
+    "verify_7_ms",
+    "verify_24_ms",
+    "verify_49_ms",
+    "weights_mib",
+    "action_error_vs_full",
+    "tokens_changed",
+)
+"""``kerv dyq profile``, per precision."""
 
 
 def step_figures(

@@ -197,9 +197,21 @@ def test_dyq_switches_the_verifier_and_reports_each_steps_precision(node):
         )
         values = {kv.key: kv.value for kv in diag_status(status).values}
         assert "int8" in values["precision_share"]
+        assert values["precision_map"] == "bounds (no dyq.json beside the model)"  # random
+        assert probe.set_param("dyq_table", False).successful
+        probe.wait_for(
+            probe.diagnostics,
+            lambda d: (
+                diag_status(d) is not None
+                and {kv.key: kv.value for kv in diag_status(d).values}.get("precision_map")
+                == "bounds (dyq_table off)"
+            ),
+            t0=time.monotonic(),
+        )
     finally:  # the module's later tests run at the model's own precision
         assert probe.set_param("dyq", False).successful
         assert probe.set_param("dyq_fixed", "").successful
+        assert probe.set_param("dyq_table", True).successful
     probe.wait_for(probe.stats, lambda m: m.precision == "float32", t0=time.monotonic())
 
 

@@ -1,7 +1,8 @@
 """The ``kerv`` command-line tool.
 
 One module per command, each only parsing arguments and calling the library
-(``kerv_ros.bench``, ``offline``, ``training``, ``retrieval``, ``recording``, ``sim``).
+(``kerv_ros.bench``, ``offline``, ``training``, ``retrieval``, ``recording``, ``sim``,
+``calibration``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from kerv_ros.cli import bags, bench, datastore, evaluate, sim, train
+from kerv_ros.cli import bags, bench, datastore, dyq, evaluate, sim, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_parser(sub)
     datastore.add_parser(sub)
     datastore.add_drafter_parser(sub)
+    dyq.add_parser(sub)
     bags.add_parsers(sub)
     return parser
 

@@ -231,7 +231,8 @@ class DecodeEngine:
         self.precisions = getattr(backend, "precisions", None)
         """The backend's precision variants (``policy/precision.py``), or None: none built."""
         self.full_precision = self.precisions.full if self.precisions else "float32"
-        self.precision_policy = PrecisionPolicy(config.precision, self.full_precision)
+        table = self.precisions.calibration if self.precisions else None
+        self.precision_policy = PrecisionPolicy(config.precision, self.full_precision, table)
         self._precision_trajectory = -1
         self.configure(config)
 

@@ -175,6 +175,8 @@ class PrecisionSet:
     _layers: list[SwitchableLinear] = field(repr=False, default_factory=list)
     model_bytes: int = 0
     """Resident bytes of the model's own parameters."""
+    calibration: object | None = None
+    """The model's :class:`kerv_ros.dyq.CalibrationTable` (``dyq.json`` beside it), if any."""
 
     @property
     def current(self) -> str:
