@@ -165,3 +165,20 @@ def test_dyq_rows_carry_the_precision_share_and_need_their_variants():
     assert summary["ar+dyq"]["precision_share"] == {"int8": 1.0}
     kerv = row_config(EngineConfig(kerv=KervConfig()), "kerv_no_comp+dyq")
     assert kerv.dyq and kerv.mode == "kerv" and not kerv.kerv.compensation
+
+
+def test_engines_sharing_a_backend_each_run_at_their_own_precision():
+    """bench and eval interleave rows over one backend: a dyq row must not leave its
+    precision to the next row's step."""
+    plain = DefaultVLA.random(SMALL, seed=4)
+    shared = DefaultVLA.random(SMALL, seed=4)
+    shared.build_precisions(("int8_bf16",))
+    observations = synthetic_observations(3, 8, SMALL.image_size)
+    low = EngineConfig(mode="ar", dyq=True, precision=DyqConfig(fixed="int8_bf16"))
+    reference = DecodeEngine(plain, None, EngineConfig(mode="ar"))
+    ar, dyq = DecodeEngine(shared, None, EngineConfig(mode="ar")), DecodeEngine(shared, None, low)
+    for o in observations:
+        assert dyq.step(o).precision == "int8_bf16"
+        assert shared.precisions.current == "int8_bf16"
+        assert _same(ar.step(o), reference.step(o))
+        assert shared.precisions.current == "float32"  # the ar row ran at full precision

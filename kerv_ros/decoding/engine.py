@@ -272,8 +272,6 @@ class DecodeEngine:
             raise ValueError("; ".join(found))
         self.motion.configure(config.kerv)
         self.precision_policy.configure(config.precision)
-        if not config.dyq and self.precisions is not None:
-            self.precisions.set(self.full_precision)  # dyq off: the model's own at once
         self.config = config
         self.plan = plan_for(config, self.datastore is not None)
 
@@ -294,6 +292,8 @@ class DecodeEngine:
         prior = self.motion.begin(observation) if plan.motion else None
         threshold = prior.threshold if plan.kinematic_threshold else plan.fixed_threshold
         choice = self._switch_precision(prior) if plan.dyq else None  # DyQ-VLA
+        if self.precisions is not None:  # every step: engines may share one backend (bench)
+            self.precisions.set(choice.precision if choice is not None else self.full_precision)
         with clock.phase("prefill"):
             state = self.backend.prefill(observation)  # the first token comes with it
         result = self._first_token(state, prior, threshold, choice)
@@ -311,17 +311,14 @@ class DecodeEngine:
         return self._finish(result, prior, clock)
 
     def _switch_precision(self, prior: MotionPrior):
-        """The policy's precision for this step, set on the verifier.
+        """The policy's precision for this step's verifier (:meth:`step` sets it).
 
         The drafter keeps its own: its errors cost acceptance length, never the action.
         """
         if self.motion.trajectory != self._precision_trajectory:
             self.precision_policy.reset()  # a new trajectory the tracker detected by itself
         self._precision_trajectory = self.motion.trajectory
-        choice = self.precision_policy.decide(prior.motion, prior.steps_since_gripper_change)
-        if self.precisions is not None:  # without variants only full precision passes problems()
-            self.precisions.set(choice.precision)
-        return choice
+        return self.precision_policy.decide(prior.motion, prior.steps_since_gripper_change)
 
     def _first_token(
         self, state, prior: MotionPrior | None, threshold: float, choice=None
