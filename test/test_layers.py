@@ -20,8 +20,9 @@ LAYERS = (
     {"policy"},
     # 4: decoding on top of the models, the drafters, the motion and the datastore
     {"decoding"},
-    # 5: what runs the engine: loading, benchmarks, evaluation, training, the simulator
-    {"loading", "bench", "evaluation", "training", "offline", "sim", "recording"},
+    # 5: what runs the engine: loading, benchmarks, evaluation, training, the simulator,
+    # precision calibration
+    {"loading", "bench", "evaluation", "training", "offline", "sim", "recording", "calibration"},
     # 6: the ROS adapters and the command line
     {"node", "sim.sim_node", "sim.closed_loop", "cli"},
 )
