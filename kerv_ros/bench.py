@@ -12,7 +12,14 @@ import numpy as np
 from tqdm import tqdm
 
 from kerv_ros import report
-from kerv_ros.config import ENGINE_PARAMS, MODES, EngineConfig, config_from_params, parse_params
+from kerv_ros.config import (
+    ENGINE_PARAMS,
+    MODES,
+    VERIFIER_PATHS,
+    EngineConfig,
+    config_from_params,
+    parse_params,
+)
 from kerv_ros.decoding.drafter import Drafter
 from kerv_ros.decoding.engine import DecodeEngine, StepResult, TokenSource
 from kerv_ros.policy.backend import Observation, PolicyBackend
@@ -49,10 +56,26 @@ drafts from retrieval whenever it has candidates, ``heisd_no_skip`` always verif
 ROWS = (*MODES, *VARIANTS)
 DYQ_SUFFIX = "+dyq"
 """``ROW+dyq`` (``ar+dyq``, ``hybrid+dyq``, ...): the row with DyQ-VLA's precision switching."""
+PATH_MARK = "@"
+"""``ROW@PATH`` (``ar@transformers``): the row with the language model on that verifier path;
+a row without one runs on the path the model was loaded with (``--verifier``)."""
+
+
+def row_path(row: str) -> str | None:
+    """The verifier path a row names (``ar@transformers``), or None."""
+    _, mark, path = row.partition(PATH_MARK)
+    if mark and path not in VERIFIER_PATHS:
+        raise ValueError(f"{row}: verifier path {path!r}; choose from {', '.join(VERIFIER_PATHS)}")
+    return path if mark else None
 
 
 def row_config(base: EngineConfig, row: str) -> EngineConfig:
-    """The configuration of a bench row: a mode, an ablation variant of one, either ``+dyq``."""
+    """The configuration of a bench row: a mode, an ablation variant of one, either ``+dyq``.
+
+    Any of them may end in ``@PATH``: the path is :func:`row_path`'s, not the configuration's.
+    """
+    if row_path(row) is not None:
+        return row_config(base, row.partition(PATH_MARK)[0])
     if row.endswith(DYQ_SUFFIX):
         return replace(row_config(base, row.removesuffix(DYQ_SUFFIX)), dyq=True).validate()
     if row in VARIANTS:
@@ -150,21 +173,35 @@ def run_rows(
     """Every named configuration on every observation, round-robin; ``ar`` is added first.
 
     ``kinematics`` (an ``ArmKinematics``) seeds the motion modes' filter from the observations'
-    joint motion; each row has its own engine, so its filter follows its own actions.
+    joint motion; each row has its own engine, so its filter follows its own actions. A row
+    named ``ROW@PATH`` runs with the backend on that verifier path, the others on the one it
+    was loaded with.
     """
     if "ar" not in rows:
         rows = {"ar": EngineConfig(mode="ar"), **rows}
+    loaded_path = getattr(backend, "verifier_path", None)
+    paths = {name: row_path(name) or loaded_path for name in rows}
     engines = {
         name: DecodeEngine(backend, drafter, config, kinematics, period_s, datastore)
         for name, config in rows.items()
     }
-    for observation in observations[:warmup]:
-        for engine in engines.values():
-            engine.step(observation)
-    results: dict[str, list[StepResult]] = {name: [] for name in rows}
-    for observation in tqdm(observations, desc=desc, unit="step", disable=not progress):
-        for name, engine in engines.items():
-            results[name].append(engine.step(observation))
+
+    def step(name: str, observation: Observation) -> StepResult:
+        if paths[name] != getattr(backend, "verifier_path", None):
+            backend.set_verifier_path(paths[name])
+        return engines[name].step(observation)
+
+    try:
+        for observation in observations[:warmup]:
+            for name in engines:
+                step(name, observation)
+        results: dict[str, list[StepResult]] = {name: [] for name in rows}
+        for observation in tqdm(observations, desc=desc, unit="step", disable=not progress):
+            for name in engines:
+                results[name].append(step(name, observation))
+    finally:
+        if loaded_path is not None:
+            backend.set_verifier_path(loaded_path)
     return results
 
 
@@ -177,6 +214,7 @@ def summarise(results: dict[str, list[StepResult]]) -> dict[str, dict[str, float
     """
     ar = results["ar"]
     ar_step = np.median([r.timings.total_ms for r in ar])
+    other_ar = {row_path(row): steps for row, steps in results.items() if row.startswith("ar@")}
     ar_decode = np.median([r.timings.decode_ms for r in ar])
     ar_tokens = np.array([r.tokens for r in ar])
     ar_actions = np.array([r.action for r in ar])
@@ -217,6 +255,9 @@ def summarise(results: dict[str, list[StepResult]]) -> dict[str, dict[str, float
             "draft_source_mix": _source_mix(steps),
             "precision_share": _precision_share(steps),
         }
+        for path, baseline in other_ar.items():
+            ms = np.median([r.timings.total_ms for r in baseline])
+            summary[mode][f"speedup_vs_ar_{path}_step"] = float(ms / figures["step_ms_median"])
     return summary
 
 

@@ -368,6 +368,9 @@ class ControlConfig:
 
 
 DTYPES = ("", "float32", "bfloat16")
+VERIFIER_PATHS = ("lean", "transformers")
+"""How the language model runs: ``lean`` (plain PyTorch over the same modules, preallocated KV
+cache; policy/lean.py) or ``transformers`` (the model's own forward over a DynamicCache)."""
 
 
 @dataclass(frozen=True)
@@ -402,6 +405,24 @@ class ModelConfig:
     )
     """Numeric type of the whole model and what follows it (drafter): float32 | bfloat16 |
     '' (float32 on the CPU, bfloat16 on a GPU)."""
+    verifier: str = param(
+        "lean",
+        "how the language model runs: lean (plain PyTorch, preallocated KV cache) | "
+        "transformers (the model's own forward)",
+        choices=VERIFIER_PATHS,
+        read_only=True,
+    )
+    """``lean`` gives the same tokens as ``transformers`` (logits within 1e-5 in float32) with
+    fewer ops per forward; a language model it cannot run stays on ``transformers`` with a
+    warning."""
+    verifier_compile: bool = param(
+        False,
+        "torch.compile the lean verifier at configure (one graph per shape, warmed up there; "
+        "never compiled inside a step)",
+        read_only=True,
+    )
+    """Measured on the default model on a 2-core CPU, compiling does not pay (docs/benchmarks.md):
+    the steps there are bound by reading the weights, not by per-op overhead. Off by default."""
     urdf: str = param("", "robot URDF ('' = the simulator's Panda)", read_only=True)
     """Robot description for the kinematics ('' = pybullet_data's Panda, the simulator's)."""
     ee_frame: str = param(PANDA_EE_FRAME, "end-effector frame of the URDF", read_only=True)

@@ -18,6 +18,7 @@ from kerv_ros.config import DraftConfig, ModelConfig
 from kerv_ros.decoding.drafter import EagleConfig, EagleDrafter
 from kerv_ros.dyq import TABLE_FILE, CalibrationTable
 from kerv_ros.policy.backend import PolicyBackend
+from kerv_ros.policy.hf_backend import HFDecoderBackend
 from kerv_ros.policy.openvla import OpenVLABackend, is_openvla_checkpoint
 from kerv_ros.policy.prismatic import CheckpointError
 from kerv_ros.policy.vla import POLICY_FILE, DefaultVLA
@@ -78,6 +79,7 @@ def load_models(
             dtype=options.dtype,
             drafter_path=options.drafter_path,
         )
+        choose_verifier(backend, options.verifier)
         names = tuple(n.strip() for n in options.dyq_precisions.split(",") if n.strip())
         what = f"precision variants {', '.join(names)} of {options.model}"
         if names:
@@ -86,6 +88,8 @@ def load_models(
             what = "dyq calibration table"  # its errors name the file
             if table is not None and table.is_file():
                 backend.precisions.calibration = CalibrationTable.load(table)
+        if options.verifier_compile:
+            compile_verifier(backend, draft.node_budget if draft else DraftConfig().node_budget)
         what = f"datastore {options.datastore_path or 'beside ' + options.model}"
         datastore = load_datastore(options.model, options.datastore_path)
     except ModelLoadError:
@@ -93,6 +97,30 @@ def load_models(
     except Exception as err:  # every loader error becomes one line, never a traceback
         raise ModelLoadError(f"cannot load {what}: {_one_line(err)}") from err
     return LoadedModels(backend, drafter, datastore)
+
+
+def choose_verifier(backend: PolicyBackend, path: str) -> None:
+    """Put the backend's language model on ``path``.
+
+    One the lean path cannot run stays on transformers' own forward (its construction warned).
+    """
+    if not isinstance(backend, HFDecoderBackend):
+        log.warning("%s has one verifier path; %s not chosen", type(backend).__name__, path)
+    elif path == "transformers" or backend.verifier_path == "lean":
+        backend.set_verifier_path(path)
+
+
+def compile_verifier(backend: PolicyBackend, max_nodes: int) -> None:
+    """``torch.compile`` the lean verifier now; a model that does not compile stays eager."""
+    if getattr(backend, "verifier_path", None) != "lean":
+        log.warning("verifier_compile needs the lean verifier path: not compiled")
+        return
+    try:
+        seconds = backend.compile_verifier(max_nodes)
+    except Exception as err:  # the compiler raises many types (no C++ compiler, a lowering)
+        log.warning("torch.compile of the lean verifier failed, running eager: %s", _one_line(err))
+        return
+    log.info("compiled the lean verifier in %.1f s (verify buckets %s)", seconds, backend.buckets)
 
 
 def dyq_table_path(name: str) -> Path | None:

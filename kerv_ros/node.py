@@ -386,7 +386,8 @@ class KervNode(Node):
             self.get_logger().info(
                 f"loaded {model.model!r} ({type(backend).__name__}, "
                 f"{backend.lm_head.weight.dtype} on {backend.device}) in "
-                f"{time.perf_counter() - start:.1f} s; peak RSS {peak_rss_mib():.0f} MiB"
+                f"{time.perf_counter() - start:.1f} s; peak RSS {peak_rss_mib():.0f} MiB; "
+                f"verifier {_verifier_text(backend)}"
             )
             kinematics = self._load_kinematics()
             rule = ros_io.JointRule(
@@ -847,3 +848,10 @@ def main(args: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _verifier_text(backend) -> str:
+    """``lean``, ``lean, compiled in 9.1 s`` or ``transformers``: what configure log says."""
+    path = getattr(backend, "verifier_path", "own")
+    seconds = getattr(backend, "compile_s", None)
+    return path if seconds is None else f"{path}, compiled in {seconds:.1f} s"

@@ -21,6 +21,8 @@ class Column:
     title: str
     fmt: str | Callable[[dict], str]
     """A format string for the field's value, or a function of the whole row."""
+    only_when_present: bool = False
+    """Shown only in tables where some row has the field (a comparison the run asked for)."""
 
     def cell(self, key: str, row: Mapping) -> str:
         if callable(self.fmt):
@@ -70,6 +72,7 @@ COLUMNS: dict[str, Column] = {
     "decode_ms_p90": Column("decode p90", "{:.1f}"),
     "speedup_vs_ar_step": Column("speed-up step", "{:.2f}x"),
     "speedup_vs_ar_decode": Column("speed-up decode", "{:.2f}x"),
+    "speedup_vs_ar_transformers_step": Column("vs ar@transformers", "{:.2f}x", True),
     "draft_source_mix.drafter": Column("drf", "{:.2f}"),
     "draft_source_mix.retrieval": Column("ret", "{:.2f}"),
     "draft_source_mix.kalman": Column("kf", "{:.2f}"),
@@ -93,6 +96,7 @@ BENCH = (
     "decode_ms_median",
     "speedup_vs_ar_step",
     "speedup_vs_ar_decode",
+    "speedup_vs_ar_transformers_step",
     "token_mismatch_vs_ar",
     "action_error_vs_ar",
     "compensated_dims_per_step",
@@ -123,6 +127,7 @@ OFFLINE = (
     "decode_ms_p90",
     "speedup_vs_ar_step",
     "speedup_vs_ar_decode",
+    "speedup_vs_ar_transformers_step",
     "precision_share.float32",
 )
 """``kerv eval BAG``: the bench's figures plus the error against the recorded command."""
@@ -178,8 +183,12 @@ def table(
     Plain text is right-aligned for a terminal; Markdown goes into ``report.md``. A value that
     does not apply to a row (None, or a field it lacks) reads '-'.
     """
-    columns = tuple(columns)
-    items = rows.items() if isinstance(rows, Mapping) else rows
+    items = list(rows.items() if isinstance(rows, Mapping) else rows)
+    columns = tuple(
+        k
+        for k in columns
+        if not COLUMNS[k].only_when_present or any(_get(r, k) is not None for _, r in items)
+    )
     body = [
         [
             *((names,) if isinstance(names, str) else names),

@@ -16,6 +16,7 @@ from kerv_ros.cli.common import (
     param_options,
     set_threads,
     threads_option,
+    verifier_fields,
 )
 
 LEGACY_FLAGS = {
@@ -91,10 +92,21 @@ def run(args: argparse.Namespace) -> int:
         kinematics=kinematics,
         datastore=datastore,
     )
-    print(f"model: {args.model}   steps: {args.steps}   seed: {args.seed}")
+    verifier = verifier_fields(backend)
+    print(
+        f"model: {args.model}   steps: {args.steps}   seed: {args.seed}   verifier: "
+        f"{verifier['verifier_path']}"
+        + (f" (compiled in {verifier['compile_s']:.1f} s)" if verifier["compile_s"] else "")
+    )
     print(report.table(summary, report.BENCH))
     if args.json:
-        payload = {"model": args.model, "steps": args.steps, "seed": args.seed, "modes": summary}
+        payload = {
+            "model": args.model,
+            "steps": args.steps,
+            "seed": args.seed,
+            **verifier_fields(backend),
+            "modes": summary,
+        }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=2), encoding="utf-8")
         print(f"wrote {args.json}")

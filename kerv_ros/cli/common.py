@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from kerv_ros.config import ENGINE_PARAMS, EngineConfig, ModelConfig, config_from_params
+from kerv_ros.config import (
+    ENGINE_PARAMS,
+    VERIFIER_PATHS,
+    EngineConfig,
+    ModelConfig,
+    config_from_params,
+)
 from kerv_ros.config import parse_params as _parse_params
 
 
@@ -53,6 +59,18 @@ def model_options(p: argparse.ArgumentParser, default: str | None, drafts: bool 
         "a GPU)",
     )
     g.add_argument(
+        "--verifier",
+        choices=VERIFIER_PATHS,
+        default=ModelConfig.verifier,
+        help="how the language model runs: lean (plain PyTorch, preallocated KV cache) or "
+        "transformers (the model's own forward); default %(default)s",
+    )
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the lean verifier after loading (as kerv_node's verifier_compile)",
+    )
+    g.add_argument(
         "--dyq-precisions",
         default=ModelConfig.dyq_precisions,
         help="precision variants to build beside the model for dyq rows (comma list of "
@@ -76,6 +94,8 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
         device=args.device,
         dtype=args.dtype,
         dyq_precisions=args.dyq_precisions,
+        verifier=args.verifier,
+        verifier_compile=args.compile,
     )
 
 
@@ -132,3 +152,11 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
 
 def comma_list(text: str | None) -> list[str]:
     return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def verifier_fields(backend) -> dict:
+    """The verifier path the rows without ``@PATH`` ran on, and its compile time (JSON fields)."""
+    return {
+        "verifier_path": getattr(backend, "verifier_path", None),
+        "compile_s": getattr(backend, "compile_s", None),
+    }

@@ -15,6 +15,7 @@ from kerv_ros.cli.common import (
     param_options,
     set_threads,
     threads_option,
+    verifier_fields,
 )
 from kerv_ros.config import EngineConfig
 
@@ -107,6 +108,7 @@ def _offline(args, backend, drafter, rows, curves, datastore) -> int:
     header = {
         "bags": names,
         "model": args.model,
+        **verifier_fields(backend),
         "ticks": len(observations),
         "params": args.param,
         "control_rate_hz": args.control_rate_hz,
@@ -120,7 +122,11 @@ def _closed_loop(args, backend, drafter, rows, datastore) -> int:
     from kerv_ros.evaluation import closed_loop, summarise
 
     by_mode = {}
+    loaded_path = verifier_fields(backend)["verifier_path"]
     for row, row_config in rows.items():
+        path = bench.row_path(row) or loaded_path
+        if path is not None:
+            backend.set_verifier_path(path)
         results = closed_loop(
             backend,
             drafter,
@@ -131,6 +137,8 @@ def _closed_loop(args, backend, drafter, rows, datastore) -> int:
             datastore=datastore,
         )
         by_mode[row] = summarise(results)
+    if loaded_path is not None:
+        backend.set_verifier_path(loaded_path)
     table = report.table(
         [((mode, task), r) for mode, tasks in by_mode.items() for task, r in tasks.items()],
         report.CLOSED_LOOP,
@@ -142,6 +150,7 @@ def _closed_loop(args, backend, drafter, rows, datastore) -> int:
         args.output.mkdir(parents=True, exist_ok=True)
         payload = {
             "model": args.model,
+            **verifier_fields(backend),
             "seed": args.seed,
             "episodes": args.episodes,
             "params": args.param,

@@ -160,6 +160,7 @@ class OpenVLABackend(HFDecoderBackend):
         self.text_config = model.text_config
         self.hidden_size = self.text_config.hidden_size
         self._init_action_head()
+        self._init_verifier()
 
     @classmethod
     def load(

@@ -41,6 +41,7 @@ class RemoteCodeOpenVLA(HFDecoderBackend):
         self.text_config = model.language_model.config
         self.hidden_size = self.text_config.hidden_size
         self._init_action_head()
+        self._init_verifier()
 
     @classmethod
     def load(

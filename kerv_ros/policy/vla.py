@@ -178,6 +178,7 @@ class DefaultVLA(HFDecoderBackend):
             state_projector = nn.Linear(config.state_dim, config.text_hidden)
         self.state_projector = state_projector.to(self.device) if state_projector else None
         self._init_action_head()
+        self._init_verifier()
 
     @property
     def state_dim(self) -> int:
