@@ -164,6 +164,10 @@ class KervConfig:
     kalman: KalmanConfig = field(default_factory=KalmanConfig)
 
 
+RETRIEVAL_KEYS = ("motion", "scene")
+"""What a datastore lookup matches (``heisd_retrieval_key``)."""
+
+
 @dataclass(frozen=True)
 class HeisdConfig:
     """HeiSD (modes ``heisd`` and ``hybrid``): retrieval, boundary, verify-skip, acceptance.
@@ -188,6 +192,17 @@ class HeisdConfig:
         5.0, "heisd: weight of the distance to the retrieved neighbours", 0.0, 100.0
     )
     w_gripper: float = param(1.0, "heisd: weight of a gripper change", 0.0, 100.0)
+    retrieval_key: str = param(
+        "motion",
+        "heisd: what a lookup matches: motion (the previous actions) | scene (the policy's "
+        "own feature of the observation, from the prefill; needs a datastore built with "
+        "--features)",
+        choices=RETRIEVAL_KEYS,
+    )
+    """``motion``: the previous action and the xyz of the one before (what the arm was doing).
+    ``scene``: HeiSD's key, the policy's own feature of this observation (its last-layer
+    hidden state at the end of the prefix, cosine similarity): the same situation in another
+    episode retrieves what was done there. Either way ``d_nn`` stays the motion distance."""
     neighbours: int = param(16, "heisd: neighbours per lookup", 1, 1024)
     """Datastore entries whose continuations are merged per lookup."""
     prefix_tolerance: int = param(

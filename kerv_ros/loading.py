@@ -23,6 +23,7 @@ from kerv_ros.policy.openvla import OpenVLABackend, is_openvla_checkpoint
 from kerv_ros.policy.prismatic import CheckpointError
 from kerv_ros.policy.vla import POLICY_FILE, DefaultVLA
 from kerv_ros.retrieval import Datastore
+from kerv_ros.scene import adopt_features
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ def load_models(
             compile_verifier(backend, draft.node_budget if draft else DraftConfig().node_budget)
         what = f"datastore {options.datastore_path or 'beside ' + options.model}"
         datastore = load_datastore(options.model, options.datastore_path)
+        if datastore is not None:
+            adopt_features(datastore, backend)
     except ModelLoadError:
         raise
     except Exception as err:  # every loader error becomes one line, never a traceback

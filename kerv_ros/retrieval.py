@@ -16,8 +16,18 @@ for 100k steps. :meth:`Candidates.tree` turns the continuations into a draft tre
 most frequent continuation first) that the verifier checks in one pass, as REST does with its
 suffix-array continuations.
 
-Files are safetensors (``bins``, ``contexts``, ``episodes``) with a JSON header in the file's
-metadata (format, normalisation statistics, sources); no pickle.
+A datastore built with ``--features`` also keys every step by the **scene**, as HeiSD does:
+the policy's own feature of the observation (its last-layer hidden state at the end of the
+prefix, unit length). A scene lookup ranks the same first-bin pool by cosine similarity to the
+step's feature instead of by motion, so a situation seen in another episode retrieves what
+was done there even when the arm arrived with another motion; the reported ``distance`` stays
+the motion distance of the neighbours chosen, so the boundary reads the same units. The
+features belong to the model that made them: the file carries the feature of a fixed probe
+observation, and a model whose probe feature differs cannot use them (``scene.py``).
+
+Files are safetensors (``bins``, ``contexts``, ``episodes``, and ``features``, ``probe`` when
+built with them) with a JSON header in the file's metadata (format, normalisation statistics,
+sources); no pickle.
 """
 
 from __future__ import annotations
@@ -123,6 +133,8 @@ class Datastore:
         episodes: np.ndarray,
         norm_stats: NormStats,
         sources: list[str] | None = None,
+        features: np.ndarray | None = None,
+        probe: np.ndarray | None = None,
     ) -> None:
         bins = np.asarray(bins, dtype=np.uint8)
         contexts = np.asarray(contexts, dtype=np.float32)
@@ -138,6 +150,16 @@ class Datastore:
         self.bins = bins[order]
         self.contexts = np.ascontiguousarray(contexts[order])
         self.episodes = np.asarray(episodes, dtype=np.int32)[order]
+        self.features = self.probe = None
+        if features is not None:
+            features = np.asarray(features, dtype=np.float32)
+            if features.ndim != 2 or len(features) != len(bins) or probe is None:
+                raise ValueError(
+                    f"datastore features must be {len(bins)} x F with a probe feature, got "
+                    f"{features.shape}"
+                )
+            self.features = np.ascontiguousarray(_unit(features)[order])
+            self.probe = _unit(np.asarray(probe, dtype=np.float32))
         self.norm_stats = norm_stats
         self.sources = list(sources or [])
         self._starts = np.searchsorted(self.bins[:, 0], np.arange(N_BINS + 1))
@@ -147,9 +169,17 @@ class Datastore:
 
     @classmethod
     def from_episodes(
-        cls, episodes: list[np.ndarray], norm_stats: NormStats, sources: list[str] | None = None
+        cls,
+        episodes: list[np.ndarray],
+        norm_stats: NormStats,
+        sources: list[str] | None = None,
+        features: list[np.ndarray] | None = None,
+        probe: np.ndarray | None = None,
     ) -> Datastore:
-        """Build from raw action sequences (T x 7 each, one per episode, in order)."""
+        """Build from raw action sequences (T x 7 each, one per episode, in order).
+
+        ``features``: each episode's scene features (T x F), with the model's ``probe``.
+        """
         rest = norm_stats.normalize(REST_ACTION)
         bins, contexts, owners = [], [], []
         for index, raw in enumerate(episodes):
@@ -161,7 +191,16 @@ class Datastore:
                 owners.append(index)
         if not bins:
             raise ValueError("no action steps in the episodes: the datastore would be empty")
-        return cls(np.array(bins), np.array(contexts), np.array(owners), norm_stats, sources)
+        stacked = None if features is None else np.concatenate(features)
+        return cls(
+            np.array(bins),
+            np.array(contexts),
+            np.array(owners),
+            norm_stats,
+            sources,
+            stacked,
+            probe,
+        )
 
     def lookup(
         self,
@@ -169,12 +208,17 @@ class Datastore:
         prefix_bins: list[int],
         neighbours: int = 16,
         prefix_tolerance: int = 2,
+        scene: np.ndarray | None = None,
     ) -> Candidates:
-        """Continuations of the ``neighbours`` entries nearest ``context``.
+        """Continuations of the ``neighbours`` entries nearest ``context`` (or ``scene``).
 
         Only entries whose first bins agree with ``prefix_bins`` (the step's tokens so far, at
-        least the first) within ``prefix_tolerance`` each are considered.
+        least the first) within ``prefix_tolerance`` each are considered. With ``scene`` (the
+        step's feature), the nearest are those most similar to it (cosine), and ``distance``
+        is still their mean motion distance.
         """
+        if scene is not None and self.features is None:
+            raise ValueError("this datastore has no scene features (build it with --features)")
         if not prefix_bins:
             raise ValueError("lookup needs the step's first bin (it comes with the prefill)")
         first = prefix_bins[0]
@@ -192,7 +236,8 @@ class Datastore:
         if not len(pool):
             return Candidates(np.zeros((0, ACTION_DIMS), np.uint8), np.zeros(0), float("inf"))
         if len(pool) > neighbours:
-            nearest = np.argpartition(distances, neighbours - 1)[:neighbours]
+            rank = distances if scene is None else -(self.features[pool] @ _unit(scene))
+            nearest = np.argpartition(rank, neighbours - 1)[:neighbours]
             pool, distances = pool[nearest], distances[nearest]
         steps, inverse, counts = np.unique(
             self.bins[pool], axis=0, return_inverse=True, return_counts=True
@@ -218,6 +263,10 @@ class Datastore:
             "contexts": self.contexts.astype(np.float16),
             "episodes": self.episodes,
         }
+        if self.features is not None:
+            header["features"] = "the policy's last-layer hidden state at the prefix's end, unit"
+            tensors["features"] = self.features.astype(np.float16)
+            tensors["probe"] = self.probe
         save_file(tensors, str(path), metadata={"kerv_datastore": json.dumps(header)})
 
     @classmethod
@@ -244,6 +293,8 @@ class Datastore:
                 tensors["episodes"],
                 NormStats.from_dict(header["norm_stats"]),
                 header.get("sources", []),
+                tensors.get("features"),
+                tensors.get("probe"),
             )
         except (KeyError, ValueError) as err:
             raise ValueError(f"datastore {path} is inconsistent: {err}") from err
@@ -260,6 +311,12 @@ class Datastore:
                 "the datastore was built with other normalisation statistics than the model's; "
                 "rebuild it with `kerv datastore build BAGS --model MODEL`"
             )
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    """Rows (or a vector) scaled to unit length: cosine similarity is then a dot product."""
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norm, 1e-12)).astype(np.float32)
 
 
 def lookup_timing(datastore: Datastore, samples: int = 500, seed: int = 0) -> dict[str, float]:

@@ -22,7 +22,17 @@ LAYERS = (
     {"decoding"},
     # 5: what runs the engine: loading, benchmarks, evaluation, training, the simulator,
     # precision calibration
-    {"loading", "bench", "evaluation", "training", "offline", "sim", "recording", "calibration"},
+    {
+        "loading",
+        "bench",
+        "evaluation",
+        "training",
+        "offline",
+        "sim",
+        "recording",
+        "calibration",
+        "scene",
+    },
     # 6: the ROS adapters and the command line
     {"node", "sim.sim_node", "sim.closed_loop", "cli"},
 )

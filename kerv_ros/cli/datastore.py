@@ -16,7 +16,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "build",
         help="build a datastore from rosbag2 recordings or demonstrations",
         description="Read the commanded actions (twist and gripper topics) of every bag, "
-        "normalise them with the model's statistics and index each step by the steps before it.",
+        "normalise them with the model's statistics and index each step by the steps before it "
+        "(and, with --features, by the model's own feature of the scene).",
     )
     b.add_argument("bags", nargs="+", type=Path, help="bags, or folders of bags")
     b.add_argument("-o", "--output", type=Path, required=True, help="datastore .safetensors")
@@ -28,7 +29,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="store the model's own greedy actions on each recorded tick instead of the "
         "recorded commands (slower: one ar decode per tick)",
     )
-    b.add_argument("--threads", type=int, default=0, help="torch threads for --relabel")
+    b.add_argument(
+        "--features",
+        action="store_true",
+        help="also key every step by the model's own feature of its scene (HeiSD's key, for "
+        "heisd_retrieval_key scene; one prefill per tick)",
+    )
+    b.add_argument(
+        "--threads", type=int, default=0, help="torch threads for --relabel and --features"
+    )
     b.set_defaults(func=run_build)
     i = ds.add_parser("info", help="what a datastore holds and how fast it looks up")
     i.add_argument("path", type=Path)
@@ -56,16 +65,26 @@ def run_build(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     backend = load(args).backend
-    if args.relabel:
+    features = probe = None
+    if args.relabel or args.features:
+        import numpy as np
+
+        from kerv_ros import scene
         from kerv_ros.training import greedy_episodes, load_demonstrations
 
         set_threads(args)
         demos = load_demonstrations(args.bags, frame_size(backend), args.control_rate_hz)
-        episodes = greedy_episodes(backend, demos)
+        if args.relabel:
+            episodes = greedy_episodes(backend, demos)
+        else:
+            episodes = [demos.actions[demos.episodes == e] for e in np.unique(demos.episodes)]
+        if args.features:
+            features = scene.scene_features(backend, demos)
+            probe = scene.probe_feature(backend)
     else:
         episodes = read_bag_episodes(args.bags, args.control_rate_hz)
     sources = sorted({str(path) for path in args.bags})
-    datastore = Datastore.from_episodes(episodes, backend.norm_stats, sources)
+    datastore = Datastore.from_episodes(episodes, backend.norm_stats, sources, features, probe)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     datastore.save(args.output)
     print(
@@ -82,6 +101,8 @@ def run_info(args: argparse.Namespace) -> int:
     timing = lookup_timing(datastore)
     print(f"{args.path}: {len(datastore)} steps, {int(datastore.episodes.max()) + 1} episodes")
     print(f"sources: {', '.join(datastore.sources) or '-'}")
+    if datastore.features is not None:
+        print(f"scene features: {datastore.features.shape[1]} per step (heisd_retrieval_key scene)")
     print(
         f"lookup of a step's first token ({timing['samples']} stored contexts): median "
         f"{timing['median_ms']:.3f} ms, p99 {timing['p99_ms']:.3f} ms, "

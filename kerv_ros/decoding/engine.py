@@ -126,9 +126,16 @@ class _RetrievalSession:
 
     source = TokenSource.RETRIEVAL
 
-    def __init__(self, engine: DecodeEngine, context: np.ndarray, first: Candidates) -> None:
+    def __init__(
+        self,
+        engine: DecodeEngine,
+        context: np.ndarray,
+        first: Candidates,
+        scene: np.ndarray | None = None,
+    ) -> None:
         self.engine = engine
         self.context = context
+        self.scene = scene
         self.first = first
         self.forwards = 0  # not a model: no forwards to count
         self.metric = float("inf")
@@ -143,6 +150,7 @@ class _RetrievalSession:
                 self.engine.bins_of(tokens),
                 heisd.neighbours,
                 heisd.prefix_tolerance,
+                self.scene,
             )
         vocab = self.engine.backend.action_tokenizer.vocab_size
         return candidates.tree(len(tokens), heisd.node_budget, vocab)
@@ -253,6 +261,12 @@ class DecodeEngine:
             out.append(f"mode {config.mode!r} needs a drafter and none is loaded")
         if features.needs_datastore and self.datastore is None:
             out.append(f"mode {config.mode!r} needs a retrieval datastore and none is loaded")
+        scene_keyed = config.heisd.retrieval_key == "scene"
+        if scene_keyed and self.datastore is not None and self.datastore.features is None:
+            out.append(
+                "heisd_retrieval_key scene needs a datastore with this model's scene features "
+                "(kerv datastore build --features)"
+            )
         if config.dyq:
             p = config.precision
             wanted = [p.fixed] if p.fixed else [p.coarse, p.medium]
@@ -300,7 +314,7 @@ class DecodeEngine:
         if not plan.speculative:
             self._decode_greedy(state, result, clock)
         else:
-            retrieval = self._retrieve(result, prior, clock) if plan.retrieval else None
+            retrieval = self._retrieve(state, result, prior, clock) if plan.retrieval else None
             if retrieval is not None and self.skips.decide(
                 plan.verify_skip, retrieval.first, retrieval.metric, self.config.heisd
             ):
@@ -374,17 +388,28 @@ class DecodeEngine:
         return session
 
     def _retrieve(
-        self, result: StepResult, prior: MotionPrior, clock: _PhaseClock
+        self, state, result: StepResult, prior: MotionPrior, clock: _PhaseClock
     ) -> _RetrievalSession:
-        """Look the step's first token up in the datastore; the fused metric of the motion."""
+        """Look the step's first token up in the datastore; the fused metric of the motion.
+
+        Keyed by the motion, or by the scene: the policy's own last-layer feature at the end
+        of the prefix (HeiSD's key; ``heisd_retrieval_key``).
+        """
         heisd = self.config.heisd
         with clock.phase("draft"):
             self.skips.follow(self.motion.trajectory)
             context = context_of(*self.motion.previous_actions())
+            scene = None
+            if heisd.retrieval_key == "scene":
+                scene = state.prefix_hidden[-1].float().cpu().numpy()
             first = self.datastore.lookup(
-                context, self.bins_of(result.tokens), heisd.neighbours, heisd.prefix_tolerance
+                context,
+                self.bins_of(result.tokens),
+                heisd.neighbours,
+                heisd.prefix_tolerance,
+                scene,
             )
-            session = _RetrievalSession(self, context, first)
+            session = _RetrievalSession(self, context, first, scene)
             session.metric = result.metric = fused_metric(prior, first.distance, heisd)
         return session
 

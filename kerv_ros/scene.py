@@ -1,0 +1,80 @@
+"""The policy's own feature of a scene, HeiSD's retrieval key, and whether a datastore's fit.
+
+HeiSD keys its datastore by the VLA's visual features of the observation and judges its
+verify-skip by the verifier's last-layer feature. Here one feature serves: the target's
+last-layer hidden state at the end of the prefix (image, joint state and prompt seen, before
+the first action token), the state the first action is read from. It costs nothing at run
+time (the prefill computes it) and is model-specific, so a datastore carries the feature of a
+fixed probe observation and a model whose probe feature differs cannot use its features.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from kerv_ros.observation import Observation
+from kerv_ros.policy.backend import PolicyBackend
+from kerv_ros.retrieval import Datastore
+from kerv_ros.training import Demonstrations
+
+log = logging.getLogger(__name__)
+
+PROBE_INSTRUCTION = "pick up the red cube"
+PROBE_MATCH = 0.999
+"""Cosine similarity the model's probe feature needs with the datastore's."""
+
+
+def probe_observation(backend: PolicyBackend) -> Observation:
+    """A fixed observation (grey image, fixed instruction, zero joints) to fingerprint a model."""
+    size = backend.image_size or 224
+    image = np.full((size, size, 3), 128, dtype=np.uint8)
+    state = np.zeros(backend.state_dim, dtype=np.float32) if backend.state_dim else None
+    return Observation(image=image, instruction=PROBE_INSTRUCTION, state=state)
+
+
+@torch.inference_mode()
+def scene_feature(backend: PolicyBackend, observation: Observation) -> np.ndarray:
+    """The policy's last-layer hidden state at the end of the prefix (float32, H)."""
+    return backend.prefill(observation).prefix_hidden[-1].float().cpu().numpy()
+
+
+def probe_feature(backend: PolicyBackend) -> np.ndarray:
+    """The model's fingerprint: its scene feature of :func:`probe_observation`, unit length."""
+    feature = scene_feature(backend, probe_observation(backend))
+    return feature / max(float(np.linalg.norm(feature)), 1e-12)
+
+
+def scene_features(
+    backend: PolicyBackend, demos: Demonstrations, progress: bool = True
+) -> list[np.ndarray]:
+    """Every recorded tick's scene feature, one T x H array per episode (as the actions)."""
+    features = np.stack(
+        [
+            scene_feature(backend, Observation(image, instruction, state))
+            for image, instruction, state in tqdm(
+                zip(demos.images, demos.instructions, demos.states, strict=True),
+                total=len(demos),
+                desc="scene features",
+                unit="tick",
+                disable=not progress,
+            )
+        ]
+    )
+    return [features[demos.episodes == e] for e in np.unique(demos.episodes)]
+
+
+def adopt_features(datastore: Datastore, backend: PolicyBackend) -> None:
+    """Keep the datastore's scene features only if this model made them (warn otherwise)."""
+    if datastore.features is None:
+        return
+    mine = probe_feature(backend)
+    if datastore.features.shape[1] != len(mine) or float(mine @ datastore.probe) < PROBE_MATCH:
+        log.warning(
+            "the datastore's scene features were made by another model: scene-keyed retrieval "
+            "is off (rebuild with `kerv datastore build BAGS --features --model MODEL`)"
+        )
+        datastore.features = datastore.probe = None
