@@ -23,7 +23,9 @@ from kerv_ros.policy.precision import PrecisionError, PrecisionSet
 class PrefillState:
     """A prefilled observation: the KV cache and what the engine and drafter need next.
 
-    ``length`` counts the positions committed to ``cache``. ``prefix_hidden`` and
+    ``length`` counts the positions committed to ``cache``. A backend may keep one cache for
+    all steps (the lean verifier does): a new prefill then invalidates the previous state.
+    ``prefix_hidden`` and
     ``prefix_embeds`` (L x H) are the last hidden states and the input embeddings of the prefix
     (image features included): an EAGLE-style drafter reads both.
     """
