@@ -214,6 +214,16 @@ class HeisdConfig:
     verify_skip: bool = param(True, "heisd: skip the verifier when familiar")
     skip_boundary: float = param(0.4, "heisd: metric at or below -> may skip", 0.0, 100.0)
     """Skip the verifier only where M is at most this (and below the boundary)."""
+    skip_similarity: float = param(
+        0.0,
+        "heisd: with scene keys, skip where the neighbours' mean cosine similarity to the "
+        "step's scene is at least this, instead of by the metric (0 = by the metric)",
+        0.0,
+        1.0,
+    )
+    """HeiSD's own verify-skip rule: the verifier's last-layer feature close to those of stored
+    points. Calibrate it on recordings (``docs/benchmarks.md``: the audit pass rate per
+    similarity); the neighbours must still agree and the audit still follows."""
     skip_min_count: int = param(8, "heisd: neighbours that must agree to skip", 1, 1024)
     """... and at least this many neighbours were found, all continuing within
     ``sequence_threshold`` of the most frequent continuation (unanimous up to what the

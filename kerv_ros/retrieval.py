@@ -70,6 +70,8 @@ class Candidates:
     steps: np.ndarray
     counts: np.ndarray
     distance: float
+    similarity: float = float("nan")
+    """Mean cosine similarity of the neighbours' scenes to the step's (scene lookups only)."""
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -235,17 +237,24 @@ class Datastore:
             distances = np.abs(self.contexts[begin:end] - context).mean(axis=1)
         if not len(pool):
             return Candidates(np.zeros((0, ACTION_DIMS), np.uint8), np.zeros(0), float("inf"))
+        similarity = None if scene is None else self.features[pool] @ _unit(scene)
         if len(pool) > neighbours:
-            rank = distances if scene is None else -(self.features[pool] @ _unit(scene))
+            rank = distances if similarity is None else -similarity
             nearest = np.argpartition(rank, neighbours - 1)[:neighbours]
             pool, distances = pool[nearest], distances[nearest]
+            similarity = None if similarity is None else similarity[nearest]
         steps, inverse, counts = np.unique(
             self.bins[pool], axis=0, return_inverse=True, return_counts=True
         )
         # Most frequent first; among equals, the one whose neighbours are closest.
         closeness = np.array([distances[inverse.ravel() == i].min() for i in range(len(steps))])
         order = np.lexsort((closeness, -counts))
-        return Candidates(steps[order], counts[order].astype(np.float64), float(distances.mean()))
+        return Candidates(
+            steps[order],
+            counts[order].astype(np.float64),
+            float(distances.mean()),
+            float("nan") if similarity is None else float(similarity.mean()),
+        )
 
     # --- files ----------------------------------------------------------------------------
 

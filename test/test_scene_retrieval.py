@@ -117,3 +117,36 @@ def test_scene_key_is_refused_without_features_and_another_models_are_dropped(mo
     with caplog.at_level(logging.WARNING):
         adopt_features(store, other)
     assert store.features is None and "another model" in caplog.text
+
+
+def test_similar_scenes_skip_the_verifier_by_heisds_rule(model):
+    backend, observations, ar_tokens, ar_actions = model
+    feature = scene_feature(backend, observations[0])
+    # Each stored step came after another motion than the engine's first step (at rest), so
+    # the neighbours' motion distance, and with it the metric, is far from 0.
+    before = backend.norm_stats.unnormalize(np.clip(0.9 - ar_actions[0], -1, 1))
+    raw = np.stack([before, backend.norm_stats.unnormalize(ar_actions[0])])
+    store = Datastore.from_episodes(
+        [raw] * 10,
+        backend.norm_stats,
+        features=[np.stack([feature, feature])] * 10,
+        probe=probe_feature(backend),
+    )
+    feature = feature[None]
+    # The metric rule alone would never skip (skip boundary 0 and a large neighbour weight).
+    heisd = replace(CALM, retrieval_key="scene", skip_boundary=0.0, w_neighbour=100.0)
+    drafter = ScriptedDrafter("adversarial", lambda: ar_tokens[0])
+
+    def skipped(similarity: float, observation) -> bool:
+        config = EngineConfig(mode="heisd", heisd=replace(heisd, skip_similarity=similarity))
+        return (
+            DecodeEngine(backend, drafter, config, datastore=store).step(observation).verify_skipped
+        )
+
+    assert skipped(0.99, observations[0])  # its own scene: similarity 1
+    assert not skipped(0.0, observations[0])  # 0: the metric decides
+    others = [scene_feature(backend, o) for o in observations[1:]]
+    unit = feature[0] / np.linalg.norm(feature[0])
+    far = min(float(o @ unit / np.linalg.norm(o)) for o in others)
+    index = 1 + int(np.argmin([float(o @ unit / np.linalg.norm(o)) for o in others]))
+    assert not skipped(min(1.0, far + 1e-3), observations[index])

@@ -28,11 +28,19 @@ class VerifySkip:
             self.reset(trajectory)
 
     def decide(self, enabled: bool, first: Candidates, metric: float, heisd) -> bool:
-        """Whether this step is taken from ``first`` without a verify (and count it)."""
+        """Whether this step is taken from ``first`` without a verify (and count it).
+
+        Familiar means the metric at or under the skip boundary, or, with scene keys and
+        ``heisd_skip_similarity`` set, the neighbours' scenes that similar (HeiSD's rule).
+        """
+        if heisd.skip_similarity > 0 and first.similarity == first.similarity:  # not NaN
+            familiar = first.similarity >= heisd.skip_similarity
+        else:
+            familiar = metric <= min(heisd.skip_boundary, heisd.boundary)
         skip = (
             enabled
             and len(first)
-            and metric <= min(heisd.skip_boundary, heisd.boundary)
+            and familiar
             and first.counts.sum() >= heisd.skip_min_count
             and first.agreement(1, heisd.sequence_weights, heisd.sequence_threshold) == 1.0
             and self.run < heisd.max_skipped_run
