@@ -11,11 +11,14 @@ fixed probe observation and a model whose probe feature differs cannot use its f
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from kerv_ros.actions import N_BINS
+from kerv_ros.decoding.engine import DecodeEngine
 from kerv_ros.observation import Observation
 from kerv_ros.policy.backend import PolicyBackend
 from kerv_ros.retrieval import Datastore
@@ -78,3 +81,53 @@ def adopt_features(datastore: Datastore, backend: PolicyBackend) -> None:
             "is off (rebuild with `kerv datastore build BAGS --features --model MODEL`)"
         )
         datastore.features = datastore.probe = None
+
+
+def skip_calibration(
+    engine: DecodeEngine,
+    episodes: list[list[Observation]],
+    thresholds: tuple[float, ...] = (0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999),
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """What ``heisd_skip_similarity`` would do on recordings, per candidate threshold.
+
+    Every tick is decoded with verification (scene keys, verify-skip off). A tick reaches a
+    threshold where its neighbours' mean similarity does (at run time the count and unanimity
+    tests of verify-skip apply on top); it passes the audit where the retrieved step is within
+    ``heisd_sequence_threshold`` (weighted, after the first token) of what the verifier
+    decoded. Returns, per threshold, the share of ticks that reach it and the share of those
+    that pass: HeiSD's "minimum acceptable similarity" is the lowest threshold whose pass rate
+    is high enough.
+    """
+    heisd = engine.config.heisd
+    config = replace(engine.config, heisd=replace(heisd, retrieval_key="scene", verify_skip=False))
+    engine.configure(config)
+    weights = np.asarray(heisd.sequence_weights)[1:]
+    samples = []
+    total = sum(len(e) for e in episodes)
+    bar = tqdm(total=total, desc="skip calibration", unit="tick", disable=not progress)
+    for episode in episodes:
+        engine.reset()
+        for observation in episode:
+            result = engine.step(observation)
+            bar.update()
+            if result.similarity is None:
+                continue
+            decoded = np.array(engine.bins_of(result.tokens)[1:])
+            gap = np.abs(np.array(result.retrieved[1:]) - decoded) * (2.0 / (N_BINS - 1))
+            samples.append((result.similarity, float((gap * weights).sum())))
+    bar.close()
+    similarity = np.array([s for s, _ in samples])
+    held = np.array([d <= heisd.sequence_threshold for _, d in samples])
+    rows = []
+    for threshold in thresholds:
+        chosen = similarity >= threshold
+        rows.append(
+            {
+                "threshold": threshold,
+                "ticks": len(samples),
+                "skip_share": float(chosen.mean()) if len(samples) else 0.0,
+                "audit_pass": float(held[chosen].mean()) if chosen.any() else float("nan"),
+            }
+        )
+    return rows

@@ -150,3 +150,23 @@ def test_similar_scenes_skip_the_verifier_by_heisds_rule(model):
     far = min(float(o @ unit / np.linalg.norm(o)) for o in others)
     index = 1 + int(np.argmin([float(o @ unit / np.linalg.norm(o)) for o in others]))
     assert not skipped(min(1.0, far + 1e-3), observations[index])
+
+
+def test_skip_calibration_reports_reach_and_audit_pass_per_threshold(model):
+    from kerv_ros.scene import skip_calibration
+
+    backend, observations, ar_tokens, ar_actions = model
+    right = _scene_store(backend, observations, ar_actions, swap=False)
+    wrong = _scene_store(backend, observations, ar_actions, swap=True)
+    heisd = replace(CALM, sequence_threshold=0.0, prefix_tolerance=255, neighbours=1)
+    config = EngineConfig(mode="heisd", heisd=heisd)
+    drafter = ScriptedDrafter("adversarial", lambda: ar_tokens[0])
+    rows = {}
+    for name, store in (("right", right), ("wrong", wrong)):
+        engine = DecodeEngine(backend, drafter, config, datastore=store)
+        rows[name] = skip_calibration(engine, [observations], (0.5, 0.9999), progress=False)
+    # Each scene finds itself (similarity 1): every tick reaches both thresholds.
+    assert [r["skip_share"] for r in rows["right"]] == [1.0, 1.0]
+    assert [r["audit_pass"] for r in rows["right"]] == [1.0, 1.0]
+    # Stored under the wrong scenes, the retrieved steps are other observations' steps.
+    assert all(r["audit_pass"] < 1.0 for r in rows["wrong"])

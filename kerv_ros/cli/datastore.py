@@ -6,7 +6,15 @@ import argparse
 import time
 from pathlib import Path
 
-from kerv_ros.cli.common import frame_size, load, model_options, set_threads
+from kerv_ros.cli.common import (
+    engine_config,
+    frame_size,
+    load,
+    model_options,
+    param_options,
+    set_threads,
+    threads_option,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +47,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--threads", type=int, default=0, help="torch threads for --relabel and --features"
     )
     b.set_defaults(func=run_build)
+    c = ds.add_parser(
+        "skip-calibrate",
+        help="what heisd_skip_similarity would skip on recordings, and how often it holds",
+        description="Decode every tick of the bags with scene-keyed retrieval and verification, "
+        "and report per similarity threshold the share of ticks whose neighbours are that "
+        "similar and how many of those the verifier agreed with (the audit). Use recordings "
+        "the datastore was not built from.",
+    )
+    c.add_argument("bags", nargs="+", type=Path, help="bags, or folders of bags")
+    model_options(c, "default")
+    param_options(c, "the engine (hybrid by default; heisd_sequence_threshold is the audit's)", {})
+    c.add_argument("--control-rate-hz", type=float, default=10.0)
+    c.add_argument("--pass-rate", type=float, default=0.95, help="audit pass rate to recommend")
+    threads_option(c, 1)
+    c.set_defaults(func=run_skip_calibrate)
     i = ds.add_parser("info", help="what a datastore holds and how fast it looks up")
     i.add_argument("path", type=Path)
     i.set_defaults(func=run_info)
@@ -91,6 +114,41 @@ def run_build(args: argparse.Namespace) -> int:
         f"wrote {args.output}: {len(datastore)} steps from {len(episodes)} episodes, "
         f"{args.output.stat().st_size / 1e6:.2f} MB, {time.perf_counter() - start:.1f} s"
     )
+    return 0
+
+
+def run_skip_calibrate(args: argparse.Namespace) -> int:
+    from kerv_ros import offline, scene
+    from kerv_ros.bags import bag_paths
+    from kerv_ros.config import PANDA_ARM_JOINTS
+    from kerv_ros.decoding.engine import DecodeEngine
+    from kerv_ros.kinematics import ArmKinematics
+
+    set_threads(args)
+    config = engine_config(args)
+    loaded = load(args, config)
+    engine = DecodeEngine(
+        loaded.backend,
+        loaded.drafter,
+        config,
+        ArmKinematics(PANDA_ARM_JOINTS),
+        1.0 / args.control_rate_hz,
+        loaded.datastore,
+    )
+    size = loaded.backend.image_size
+    episodes = [
+        offline.read_ticks(path, args.control_rate_hz, image_size=size).observations
+        for path in bag_paths(args.bags)
+    ]
+    rows = scene.skip_calibration(engine, episodes)
+    print("similarity >=  ticks reaching it  audit pass")
+    for row in rows:
+        print(f"{row['threshold']:>13}  {row['skip_share']:>15.1%}  {row['audit_pass']:>10.1%}")
+    good = [r for r in rows if r["audit_pass"] >= args.pass_rate]
+    if good:
+        print(f"heisd_skip_similarity {good[0]['threshold']} (audits pass >= {args.pass_rate:.0%})")
+    else:
+        print(f"no threshold passes {args.pass_rate:.0%} of audits: keep heisd_skip_similarity 0")
     return 0
 
 

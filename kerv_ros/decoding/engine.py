@@ -78,6 +78,10 @@ class StepResult:
     """``kerv``: the filter's prediction of this step's action (normalised), for evaluation."""
     metric: float | None = None
     """``heisd``/``hybrid``: the kinematic fused metric of the step (``boundary.py``)."""
+    retrieved: list[int] | None = None
+    """``heisd``/``hybrid``: the bins of the most frequent retrieved step (None: none found)."""
+    similarity: float | None = None
+    """Scene-keyed lookups: the neighbours' mean cosine similarity to the step's scene."""
     verify_skipped: bool = False
     precision: str = "float32"
     """The verifier's numeric precision this step (``dyq``; the model's own otherwise)."""
@@ -411,6 +415,10 @@ class DecodeEngine:
             )
             session = _RetrievalSession(self, context, first, scene)
             session.metric = result.metric = fused_metric(prior, first.distance, heisd)
+            if len(first):
+                result.retrieved = first.steps[0].tolist()
+            if scene is not None and len(first):
+                result.similarity = first.similarity
         return session
 
     def _take_retrieved(self, result: StepResult, retrieval: _RetrievalSession) -> None:
