@@ -1,9 +1,9 @@
 """The lean verifier path: a plain-PyTorch Llama forward with a preallocated KV cache.
 
-Why: a decode forward of the default model through transformers' ``LlamaModel`` issues ~880
-ATen ops, of which the matmuls are a quarter of the time (DESIGN.md 6); the rest is mask
-construction, cache bookkeeping and per-call dispatch that a verifier of seven-token steps
-pays on every forward. This module runs the same computation the gpt-fast way: the layers of
+Why: transformers' ``LlamaModel`` builds masks, updates a generic cache and dispatches through
+layers of wrappers on every forward, which a verifier of seven-token steps pays again and
+again (DESIGN.md 6 profiled ~880 ATen ops per decode of the default model). This module runs
+the same computation the gpt-fast way: the layers of
 the checkpoint's own ``LlamaModel`` are called module by module (norms, projections and MLP are
 the very same ``nn.Module`` objects, so precision variants and device moves apply unchanged,
 and no weight is copied), attention is one ``scaled_dot_product_attention`` over a
@@ -13,7 +13,9 @@ positions and compacted in place when a path is kept.
 What is written here rather than taken from transformers: the attention glue (RoPE rotation,
 cache writes, the SDPA call), because transformers' ``StaticCache`` path still builds its masks
 per call and does not keep a tree path in place. Equality with the transformers path is tested
-(``test/test_lean.py``: identical tokens on every mode at r = 0, logits within 1e-5).
+(``test/test_lean.py``: identical tokens on every mode at r = 0, logits within 1e-5). What it
+saves on a CPU is measured in ``docs/benchmarks.md`` (a decode there is bound by reading the
+weights, so less than the op count suggests).
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ class LeanLlama:
 
     Eager, attention reads exactly the written positions, and the forward is bit-identical to
     transformers'. Compiled (:meth:`compile`), every verify forward has a static shape, gpt-fast
-    style: its tokens are padded to a bucket (1, 2, 4, ... nodes), written into the cache by
+    style: its tokens are padded to a bucket (1, 4, 16, ... nodes), written into the cache by
     index, and attend over the whole cache under a mask, so that one graph per bucket serves
     every step whatever the prefix length. A prefill is padded to a whole block of tokens at
     the end (causal attention keeps the real rows from seeing the padding).
@@ -126,7 +128,7 @@ class LeanLlama:
     def compile(
         self, buckets: tuple[int, ...], capacity: int, warm_up: Callable[[], None]
     ) -> float:
-        """Compile the verify forwards of up to ``max(buckets)`` nodes and warm them up now.
+        """Compile the forwards (prefill blocks, verifies of ``buckets`` nodes); warm them up now.
 
         The cache is sized to ``capacity`` positions once (its size is part of every graph's
         shape). ``warm_up`` must issue a forward of every bucket at every precision the engine
@@ -170,7 +172,7 @@ class LeanLlama:
                 bucket = -(-n // PREFILL_BLOCK) * PREFILL_BLOCK
                 if bucket <= cache.capacity:
                     return self._static(embeds, positions, cache, 0, None, bucket)
-            elif n <= self.buckets[-1]:
+            elif start > 0 and n <= self.buckets[-1]:
                 bucket = next(b for b in self.buckets if b >= n)
                 if start + bucket <= cache.capacity:
                     return self._static(embeds, positions, cache, start, tree, bucket)
