@@ -16,6 +16,14 @@ retrieved neighbours' distance and the gripper to the same terms, with its own w
 Low M is familiar motion: retrieval drafts and, lower still, may skip the verifier; high M is
 new or changing motion, where the learned drafter generalises better. Every weight is a
 parameter (``KervConfig``, ``HeisdConfig``).
+
+HeiSD's own boundary reads the end effector's path instead (:func:`curvature_score`): over a
+window of positions, the radius of curvature R (the points projected on their best plane, a
+circle fitted to them) and the cumulative displacement D, ``F = a * Norm(R) + (1 - a) *
+Norm(D)``; large F (fast, straight transit) goes to retrieval, small F (slow or curving,
+fine manipulation) to the drafter. HeiSD normalises min-max with the 95th percentile per task
+suite; here ``Norm(x) = min(x / ref, 1)`` with the references as parameters, measured on
+recordings (``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
@@ -71,3 +79,42 @@ def fused_metric(prior, neighbour_distance: float, config: HeisdConfig) -> float
         + config.w_neighbour * neighbour_distance
         + config.w_gripper * float(prior.gripper_event)
     )
+
+
+def radius_of_curvature(points: np.ndarray, iterations: int = 20) -> float:
+    """R of a window of 3-D points: mean distance to the centre of a circle fitted in their plane.
+
+    The points, centred, are projected on their two principal directions; the centre starts
+    at the algebraic (Kasa) fit and is refined by Landau's iteration (the geometric fit).
+    Straight or too few points: infinite.
+    """
+    if len(points) < 3:
+        return float("inf")
+    centred = points - points.mean(axis=0)
+    _, sing, axes = np.linalg.svd(centred, full_matrices=False)
+    if sing[0] <= 1e-12 or sing[1] <= 1e-6 * sing[0]:
+        return float("inf")
+    flat = centred @ axes[:2].T
+    a = np.column_stack([2 * flat, np.ones(len(flat))])
+    solution = np.linalg.lstsq(a, (flat**2).sum(axis=1), rcond=None)[0]
+    centre = solution[:2]
+    for _ in range(iterations):
+        offsets = flat - centre
+        distances = np.maximum(np.linalg.norm(offsets, axis=1), 1e-12)
+        radius = distances.mean()
+        centre = flat.mean(axis=0) - radius * (offsets / distances[:, None]).mean(axis=0)
+    return float(np.linalg.norm(flat - centre, axis=1).mean())
+
+
+def curvature_score(points: np.ndarray, config: HeisdConfig) -> float:
+    """HeiSD's F over the window (0..1): high on fast, straight motion.
+
+    Fewer than three positions, or none apart (an arm at rest): 0, the drafter's side.
+    """
+    displacement = float(np.linalg.norm(np.diff(points, axis=0), axis=1).sum())
+    if len(points) < 3 or displacement <= 1e-9:
+        return 0.0
+    radius = radius_of_curvature(points)
+    norm_r = min(radius / config.radius_ref, 1.0)
+    norm_d = min(displacement / config.displacement_ref, 1.0)
+    return config.curvature_alpha * norm_r + (1.0 - config.curvature_alpha) * norm_d

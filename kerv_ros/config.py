@@ -184,6 +184,33 @@ class HeisdConfig:
 
     use_boundary: bool = param(True, "heisd: choose drafts by the metric")
     """Off: retrieval drafts whenever it has candidates (ablation)."""
+    boundary_rule: str = param(
+        "fused",
+        "heisd: what chooses retrieval or the drafter: fused (the metric M) | curvature "
+        "(HeiSD's radius of curvature and cumulative displacement of the end effector's path)",
+        choices=("fused", "curvature"),
+    )
+    """``curvature``: HeiSD's own boundary, ``F = a * Norm(R) + (1 - a) * Norm(D)`` over the
+    last ``curvature_window`` end-effector positions (R: radius of the circle fitted to them,
+    D: path length; Norm(x) = min(x / ref, 1)); F at or above ``curvature_boundary`` (fast,
+    straight motion) drafts from retrieval, below it (slow or curving) the drafter. Verify-skip
+    still reads M."""
+    curvature_window: int = param(15, "heisd curvature rule: positions in the window", 3, 64)
+    curvature_alpha: float = param(
+        0.5, "heisd curvature rule: weight of the radius against the displacement", 0.0, 1.0
+    )
+    radius_ref: float = param(
+        0.5, "heisd curvature rule: radius (m) that counts as straight", 1e-6, 1000.0
+    )
+    displacement_ref: float = param(
+        0.3,
+        "heisd curvature rule: path length over the window (m) that counts as fast",
+        1e-6,
+        100.0,
+    )
+    curvature_boundary: float = param(
+        0.5, "heisd curvature rule: F at or above -> retrieval", 0.0, 1.0
+    )
     boundary: float = param(2.0, "heisd: metric at or below -> retrieval", 0.0, 100.0)
     w_speed: float = param(0.2, "heisd: weight of motion speed", 0.0, 100.0)
     w_accel: float = param(1.0, "heisd: weight of motion change", 0.0, 100.0)

@@ -15,6 +15,7 @@ then says so (``twist_source``).
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,8 @@ GRIPPER_CHANGE = 0.5
 """A change of the gripper action larger than this (normalised units, range 2) is an event."""
 MAX_GAP_PERIODS = 5.0
 """Readings further apart than this many control periods start a new trajectory."""
+PATH_WINDOW = 64
+"""End-effector positions kept for HeiSD's curvature boundary (its window is a parameter)."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class MotionTracker:
         self._nis: list[np.ndarray] = []
         self.steps_since_compensation = 10**9
         self._executed: list[np.ndarray] = []
+        self._path: deque[np.ndarray] = deque([np.zeros(3)], maxlen=PATH_WINDOW)
 
     def configure(self, config: KervConfig) -> None:
         """Adopt new thresholds and weights; a new motion model restarts the filter."""
@@ -188,6 +192,15 @@ class MotionTracker:
         self._last_gripper = gripper
         self.steps_since_compensation = 0 if compensated else self.steps_since_compensation + 1
         self._executed = [*self._executed[-1:], action]
+        delta = self.norm_stats.unnormalize(action)[:3]
+        self._path.append(self._path[-1] + delta)
+
+    def path(self, window: int) -> np.ndarray:
+        """The end effector's last ``window`` positions: HeiSD's window.
+
+        In metres from the trajectory's start, as the executed translation deltas add up.
+        """
+        return np.array(list(self._path)[-window:])
 
     def previous_actions(self) -> tuple[np.ndarray, np.ndarray]:
         """The last two executed actions of this trajectory (normalised), newest first.

@@ -149,3 +149,41 @@ def test_datastore_of_another_normalisation_is_refused(model):
     store = Datastore.from_episodes([np.zeros((3, 7))], other)
     with pytest.raises(ValueError, match="other normalisation statistics"):
         DecodeEngine(backend, None, EngineConfig(mode="ar"), datastore=store)
+
+
+def test_radius_of_curvature_and_heisds_score():
+    from kerv_ros.boundary import curvature_score, radius_of_curvature
+
+    t = np.linspace(0.0, 1.5, 15)
+    arc = np.c_[0.2 * np.cos(t), 0.2 * np.sin(t), np.full(15, 0.1)] @ np.array(
+        [[1, 0, 0], [0, 0.6, 0.8], [0, -0.8, 0.6]]
+    ) + [1.0, 2.0, 3.0]  # a tilted circle of radius 0.2, anywhere
+    assert radius_of_curvature(arc) == pytest.approx(0.2, rel=1e-3)
+    line = np.c_[t, 2 * t, -t] * 0.02
+    assert radius_of_curvature(line) == float("inf")
+    assert radius_of_curvature(line[:2]) == float("inf")
+    config = HeisdConfig(radius_ref=0.5, displacement_ref=0.3, curvature_alpha=0.5)
+    fast_straight = np.c_[np.arange(15) * 0.03, np.zeros(15), np.zeros(15)]
+    slow_tight = 0.01 * np.c_[np.cos(t * 3), np.sin(t * 3), np.zeros(15)]
+    assert curvature_score(fast_straight, config) == pytest.approx(1.0)
+    assert curvature_score(slow_tight, config) < 0.1
+
+
+def test_the_curvature_rule_sends_straight_transit_to_retrieval_and_the_rest_to_the_drafter(
+    model,
+):
+    backend, observations, ar_tokens, ar_actions = model
+    store = _oracle_store(backend, ar_actions[:1])
+    drafter = ScriptedDrafter("oracle", lambda: ar_tokens[0])
+    # The fused metric would always choose retrieval here (CALM: M = 0 <= boundary).
+    heisd = replace(CALM, verify_skip=False, boundary_rule="curvature")
+    config = EngineConfig(mode="heisd", heisd=heisd)
+    engine = DecodeEngine(backend, drafter, config, datastore=store)
+    at_rest = engine.step(observations[0])  # no path yet: F = 0, the drafter drafts
+    assert set(at_rest.sources[1:]) == {TokenSource.DRAFTER}
+    raw = np.zeros(7)
+    raw[0] = 0.05  # 5 cm a step along x: fast, straight (the trajectory began with that step)
+    for _ in range(15):
+        engine.motion.executed(backend.norm_stats.normalize(raw), compensated=False)
+    transit = engine.step(observations[0])
+    assert set(transit.sources[1:]) == {TokenSource.RETRIEVAL}

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from kerv_ros.actions import ACTION_DIMS, bin_to_token, token_to_bin
-from kerv_ros.boundary import fused_metric, may_compensate
+from kerv_ros.boundary import curvature_score, fused_metric, may_compensate
 from kerv_ros.config import EngineConfig
 from kerv_ros.decoding.acceptance import SequenceAcceptance, TokenAcceptance
 from kerv_ros.decoding.drafter import Drafter, DraftSession
@@ -382,7 +382,13 @@ class DecodeEngine:
         """
         heisd = self.config.heisd
         if retrieval is not None:
-            familiar = not heisd.use_boundary or retrieval.metric <= heisd.boundary
+            if not heisd.use_boundary:
+                familiar = True
+            elif heisd.boundary_rule == "curvature":
+                path = self.motion.path(heisd.curvature_window)
+                familiar = curvature_score(path, heisd) >= heisd.curvature_boundary
+            else:
+                familiar = retrieval.metric <= heisd.boundary
             if familiar and len(retrieval.first):
                 return retrieval
         with clock.phase("draft"):
