@@ -44,6 +44,8 @@ VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
         "heisd",
         {"heisd_use_boundary": False, "heisd_verify_skip": False, "heisd_acceptance": "token"},
     ),
+    "hybrid_curvature": ("hybrid", {"heisd_boundary_rule": "curvature"}),
+    "hybrid_scene": ("hybrid", {"heisd_retrieval_key": "scene"}),
 }
 """Ablation rows: a name, the mode it runs and the parameters it changes from the bench's own
 configuration. With the default ``relaxed_threshold`` of 9, ``spec_relaxed`` and
@@ -51,7 +53,10 @@ configuration. With the default ``relaxed_threshold`` of 9, ``spec_relaxed`` and
 only the kinematic threshold, ``kerv_fixed_r`` only the compensation. ``heisd_no_boundary``
 drafts from retrieval whenever it has candidates, ``heisd_no_skip`` always verifies,
 ``heisd_token`` accepts token-wise (``relaxed_threshold``) instead of sequence-wise, and
-``retrieval_only`` is all three: plain retrieval drafting (REST-like) with relaxed acceptance."""
+``retrieval_only`` is all three: plain retrieval drafting (REST-like) with relaxed acceptance.
+``hybrid_curvature`` chooses retrieval or the drafter by HeiSD's own boundary (curvature and
+displacement of the path) instead of the fused metric; ``hybrid_scene`` looks the datastore up
+by the scene (needs a datastore built with ``--features``)."""
 
 ROWS = (*MODES, *VARIANTS)
 DYQ_SUFFIX = "+dyq"
@@ -59,6 +64,23 @@ DYQ_SUFFIX = "+dyq"
 PATH_MARK = "@"
 """``ROW@PATH`` (``ar@transformers``): the row with the language model on that verifier path;
 a row without one runs on the path the model was loaded with (``--verifier``)."""
+
+
+def runnable(rows: dict[str, EngineConfig], problems, announce) -> dict[str, EngineConfig]:
+    """The rows that can run here; the others are announced with why (one line per reason).
+
+    ``problems(config)`` is the engine's check (:meth:`DecodeEngine.problems`).
+    """
+    out, skipped = {}, {}
+    for name, config in rows.items():
+        found = "; ".join(problems(config))
+        if found:
+            skipped.setdefault(found, []).append(name)
+        else:
+            out[name] = config
+    for reason, names in skipped.items():
+        announce(f"skipping {', '.join(names)}: {reason}")
+    return out
 
 
 def row_path(row: str) -> str | None:

@@ -120,7 +120,7 @@ def test_datastore_build_info_and_heisd_rows(tmp_path):
     assert data["heisd_no_skip"]["verify_skipped_share"] == 0.0
     proc = run_kerv("bench", "--model", "random", "--steps", "1", "--modes", "ar,heisd")
     assert proc.returncode == 0, proc.stderr
-    assert "no retrieval datastore for random: skipping heisd" in proc.stdout
+    assert "skipping heisd: mode 'heisd' needs a retrieval datastore" in proc.stdout
 
 
 def test_relabelled_datastore_drafts_the_policys_own_steps(tmp_path):

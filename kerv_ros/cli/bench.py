@@ -18,6 +18,7 @@ from kerv_ros.cli.common import (
     threads_option,
     verifier_fields,
 )
+from kerv_ros.config import EngineConfig
 
 LEGACY_FLAGS = {
     "--threshold": "relaxed_threshold",
@@ -67,11 +68,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--steps must be at least 1")
     loaded = load(args, config, seed=args.seed)
     backend, drafter, datastore = loaded.backend, loaded.drafter, loaded.datastore
-    if datastore is None:
-        dropped = [m for m in modes if bench.row_config(config, m).mode == "heisd"]
-        if dropped:
-            print(f"no retrieval datastore for {args.model}: skipping {', '.join(dropped)}")
-            modes = [m for m in modes if m not in dropped]
+    from kerv_ros.decoding.engine import DecodeEngine
+
+    check = DecodeEngine(backend, drafter, EngineConfig(mode="ar"), datastore=datastore)
+    rows = {m: bench.row_config(config, m) for m in modes}
+    modes = list(bench.runnable(rows, check.problems, print))
     kinematics = None
     if args.observations == "sim":
         from kerv_ros.config import PANDA_ARM_JOINTS

@@ -68,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
     from kerv_ros.decoding.engine import DecodeEngine
 
     engine = DecodeEngine(backend, drafter, EngineConfig(mode="ar"), datastore=datastore)
-    for row, row_config in rows.items():  # refuse what cannot run before any work
+    if args.modes is None:  # every row by default: those that cannot run here are left out
+        rows = bench.runnable(rows, engine.problems, print)
+    for row, row_config in rows.items():  # refuse what the user named and cannot run
         problems = engine.problems(row_config)
         if problems:
             raise ValueError(f"{row}: {'; '.join(problems)}")
