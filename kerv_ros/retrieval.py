@@ -227,17 +227,22 @@ class Datastore:
         low, high = max(0, first - prefix_tolerance), min(N_BINS - 1, first + prefix_tolerance)
         begin, end = int(self._starts[low]), int(self._starts[high + 1])
         context = np.asarray(context, np.float32)
+        query = None if scene is None else _unit(np.asarray(scene, np.float32))
+        similarity = None
         if len(prefix_bins) > 1:
             rest = self.bins[begin:end, 1 : len(prefix_bins)].astype(np.int16)
             close = np.abs(rest - np.asarray(prefix_bins[1:], dtype=np.int16)) <= prefix_tolerance
             pool = begin + np.flatnonzero(close.all(axis=1))
             distances = np.abs(self.contexts[pool] - context).mean(axis=1)
-        else:
+            if query is not None:
+                similarity = self.features[pool] @ query
+        else:  # one contiguous slice of the sorted store: read in place
             pool = np.arange(begin, end)
             distances = np.abs(self.contexts[begin:end] - context).mean(axis=1)
+            if query is not None:
+                similarity = self.features[begin:end] @ query
         if not len(pool):
             return Candidates(np.zeros((0, ACTION_DIMS), np.uint8), np.zeros(0), float("inf"))
-        similarity = None if scene is None else self.features[pool] @ _unit(scene)
         if len(pool) > neighbours:
             rank = distances if similarity is None else -similarity
             nearest = np.argpartition(rank, neighbours - 1)[:neighbours]
