@@ -8,6 +8,7 @@ activation or from inputs older than ``stale_timeout_s``; one model thread, ever
 return at once whatever the model is doing; nothing that arrives ends the process.
 """
 
+import gc
 import itertools
 import threading
 import time
@@ -131,6 +132,18 @@ def _slow_steps(node, seconds: float) -> threading.Event:
 
 def _model_threads() -> int:
     return sum(t.name == "kerv_model" and t.is_alive() for t in threading.enumerate())
+
+
+def test_a_configured_node_pauses_for_no_full_garbage_collection(rig):
+    """What configure loaded lives as long as the node: a full collection must not walk it."""
+    _, probe = rig
+    gc.collect()
+    gc.unfreeze()  # this test process's own objects count from here, as a node's would
+    _configure_and_activate(probe)
+    started = time.perf_counter()
+    gc.collect()
+    assert time.perf_counter() - started < 0.05
+    assert gc.get_freeze_count() > 100_000  # the model's objects, frozen by configure
 
 
 def test_a_slow_step_gets_zero_twists_at_the_control_rate_and_is_never_published(rig):
