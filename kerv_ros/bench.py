@@ -6,6 +6,7 @@ other processes) hit every mode alike; ratios are taken between medians of the s
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
@@ -89,6 +90,21 @@ def row_path(row: str) -> str | None:
     if mark and path not in VERIFIER_PATHS:
         raise ValueError(f"{row}: verifier path {path!r}; choose from {', '.join(VERIFIER_PATHS)}")
     return path if mark else None
+
+
+@contextmanager
+def on_row_path(backend: PolicyBackend, row: str):
+    """The backend on the verifier path ``row`` names (else as it is), put back afterwards."""
+    loaded = getattr(backend, "verifier_path", None)
+    path = row_path(row)
+    if path is None or path == loaded:
+        yield
+        return
+    backend.set_verifier_path(path)
+    try:
+        yield
+    finally:
+        backend.set_verifier_path(loaded)
 
 
 def row_config(base: EngineConfig, row: str) -> EngineConfig:
@@ -201,29 +217,22 @@ def run_rows(
     """
     if "ar" not in rows:
         rows = {"ar": EngineConfig(mode="ar"), **rows}
-    loaded_path = getattr(backend, "verifier_path", None)
-    paths = {name: row_path(name) or loaded_path for name in rows}
     engines = {
         name: DecodeEngine(backend, drafter, config, kinematics, period_s, datastore)
         for name, config in rows.items()
     }
 
     def step(name: str, observation: Observation) -> StepResult:
-        if paths[name] != getattr(backend, "verifier_path", None):
-            backend.set_verifier_path(paths[name])
-        return engines[name].step(observation)
+        with on_row_path(backend, name):
+            return engines[name].step(observation)
 
-    try:
-        for observation in observations[:warmup]:
-            for name in engines:
-                step(name, observation)
-        results: dict[str, list[StepResult]] = {name: [] for name in rows}
-        for observation in tqdm(observations, desc=desc, unit="step", disable=not progress):
-            for name in engines:
-                results[name].append(step(name, observation))
-    finally:
-        if loaded_path is not None:
-            backend.set_verifier_path(loaded_path)
+    for observation in observations[:warmup]:
+        for name in engines:
+            step(name, observation)
+    results: dict[str, list[StepResult]] = {name: [] for name in rows}
+    for observation in tqdm(observations, desc=desc, unit="step", disable=not progress):
+        for name in engines:
+            results[name].append(step(name, observation))
     return results
 
 

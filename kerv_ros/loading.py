@@ -126,6 +126,22 @@ def compile_verifier(backend: PolicyBackend, max_nodes: int) -> None:
     log.info("compiled the lean verifier in %.1f s (verify buckets %s)", seconds, backend.buckets)
 
 
+def verifier_text(backend) -> str:
+    """``lean``, ``lean, compiled in 9.1 s`` or ``transformers``: for logs and tables."""
+    fields = verifier_fields(backend)
+    seconds = fields["compile_s"]
+    text = fields["verifier_path"] or "own"
+    return text if seconds is None else f"{text}, compiled in {seconds:.1f} s"
+
+
+def verifier_fields(backend) -> dict:
+    """The verifier path the rows without ``@PATH`` ran on, and its compile time (JSON fields)."""
+    return {
+        "verifier_path": getattr(backend, "verifier_path", None),
+        "compile_s": getattr(backend, "compile_s", None),
+    }
+
+
 def dyq_table_path(name: str) -> Path | None:
     """Where ``kerv dyq calibrate`` writes, and configure reads, a model's table (None: random)."""
     return None if name == "random" else model_directory(name) / TABLE_FILE

@@ -370,7 +370,7 @@ class KervNode(Node):
     # --- lifecycle ------------------------------------------------------------------------
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        from kerv_ros.loading import load_models
+        from kerv_ros.loading import load_models, verifier_text
         from kerv_ros.policy.openvla import peak_rss_mib
 
         model = config_from_params(ModelConfig(), MODEL_PARAMS, self._values(MODEL_PARAMS))
@@ -388,7 +388,7 @@ class KervNode(Node):
                 f"loaded {model.model!r} ({type(backend).__name__}, "
                 f"{backend.lm_head.weight.dtype} on {backend.device}) in "
                 f"{time.perf_counter() - start:.1f} s; peak RSS {peak_rss_mib():.0f} MiB; "
-                f"verifier {_verifier_text(backend)}"
+                f"verifier {verifier_text(backend)}"
             )
             kinematics = self._load_kinematics()
             rule = ros_io.JointRule(
@@ -854,10 +854,3 @@ def main(args: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def _verifier_text(backend) -> str:
-    """``lean``, ``lean, compiled in 9.1 s`` or ``transformers``: what configure log says."""
-    path = getattr(backend, "verifier_path", "own")
-    seconds = getattr(backend, "compile_s", None)
-    return path if seconds is None else f"{path}, compiled in {seconds:.1f} s"

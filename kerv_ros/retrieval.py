@@ -40,7 +40,14 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from kerv_ros.actions import ACTION_DIMS, N_BINS, REST_ACTION, NormStats, bin_to_token
+from kerv_ros.actions import (
+    ACTION_DIMS,
+    BIN_WIDTH,
+    N_BINS,
+    REST_ACTION,
+    NormStats,
+    bin_to_token,
+)
 from kerv_ros.drafts import DraftTree
 
 FORMAT = "kerv_datastore/1"
@@ -91,7 +98,7 @@ class Candidates:
         if not len(self):
             return 0.0
         gaps = np.abs(self.steps[:, start:].astype(np.int16) - self.steps[0, start:])
-        distance = (gaps * (2.0 / (N_BINS - 1)) * np.asarray(weights)[start:]).sum(axis=1)
+        distance = (gaps * BIN_WIDTH * np.asarray(weights)[start:]).sum(axis=1)
         return float(self.counts[distance <= tolerance].sum() / self.counts.sum())
 
     def tree(self, start: int, budget: int, vocab_size: int) -> DraftTree:
@@ -160,8 +167,8 @@ class Datastore:
                     f"datastore features must be {len(bins)} x F with a probe feature, got "
                     f"{features.shape}"
                 )
-            self.features = np.ascontiguousarray(_unit(features)[order])
-            self.probe = _unit(np.asarray(probe, dtype=np.float32))
+            self.features = np.ascontiguousarray(unit(features)[order])
+            self.probe = unit(np.asarray(probe, dtype=np.float32))
         self.norm_stats = norm_stats
         self.sources = list(sources or [])
         self._starts = np.searchsorted(self.bins[:, 0], np.arange(N_BINS + 1))
@@ -227,7 +234,7 @@ class Datastore:
         low, high = max(0, first - prefix_tolerance), min(N_BINS - 1, first + prefix_tolerance)
         begin, end = int(self._starts[low]), int(self._starts[high + 1])
         context = np.asarray(context, np.float32)
-        query = None if scene is None else _unit(np.asarray(scene, np.float32))
+        query = None if scene is None else unit(np.asarray(scene, np.float32))
         similarity = None
         if len(prefix_bins) > 1:
             rest = self.bins[begin:end, 1 : len(prefix_bins)].astype(np.int16)
@@ -327,7 +334,7 @@ class Datastore:
             )
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit(x: np.ndarray) -> np.ndarray:
     """Rows (or a vector) scaled to unit length: cosine similarity is then a dot product."""
     norm = np.linalg.norm(x, axis=-1, keepdims=True)
     return (x / np.maximum(norm, 1e-12)).astype(np.float32)

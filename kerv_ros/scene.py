@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kerv_ros.actions import N_BINS
+from kerv_ros.actions import BIN_WIDTH
 from kerv_ros.decoding.engine import DecodeEngine
 from kerv_ros.observation import Observation
 from kerv_ros.policy.backend import PolicyBackend
-from kerv_ros.retrieval import Datastore
+from kerv_ros.retrieval import Datastore, unit
 from kerv_ros.training import Demonstrations
 
 log = logging.getLogger(__name__)
@@ -42,13 +42,12 @@ def probe_observation(backend: PolicyBackend) -> Observation:
 @torch.inference_mode()
 def scene_feature(backend: PolicyBackend, observation: Observation) -> np.ndarray:
     """The policy's last-layer hidden state at the end of the prefix (float32, H)."""
-    return backend.prefill(observation).prefix_hidden[-1].float().cpu().numpy()
+    return backend.prefill(observation).scene_feature()
 
 
 def probe_feature(backend: PolicyBackend) -> np.ndarray:
     """The model's fingerprint: its scene feature of :func:`probe_observation`, unit length."""
-    feature = scene_feature(backend, probe_observation(backend))
-    return feature / max(float(np.linalg.norm(feature)), 1e-12)
+    return unit(scene_feature(backend, probe_observation(backend)))
 
 
 def scene_features(
@@ -67,7 +66,7 @@ def scene_features(
             )
         ]
     )
-    return [features[demos.episodes == e] for e in np.unique(demos.episodes)]
+    return demos.by_episode(features)
 
 
 def adopt_features(datastore: Datastore, backend: PolicyBackend) -> None:
@@ -114,7 +113,7 @@ def skip_calibration(
             if result.similarity is None:
                 continue
             decoded = np.array(engine.bins_of(result.tokens)[1:])
-            gap = np.abs(np.array(result.retrieved[1:]) - decoded) * (2.0 / (N_BINS - 1))
+            gap = np.abs(np.array(result.retrieved[1:]) - decoded) * BIN_WIDTH
             samples.append((result.similarity, float((gap * weights).sum())))
     bar.close()
     similarity = np.array([s for s, _ in samples])

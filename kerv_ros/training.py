@@ -52,6 +52,10 @@ class Demonstrations:
     def __len__(self) -> int:
         return len(self.instructions)
 
+    def by_episode(self, values: np.ndarray) -> list[np.ndarray]:
+        """Per-sample ``values`` split into one array per episode, in episode order."""
+        return [values[self.episodes == e] for e in np.unique(self.episodes)]
+
 
 def load_demonstrations(
     paths: list[Path],
@@ -547,8 +551,7 @@ def greedy_episodes(
     for i in tqdm(range(len(demos)), desc="relabel", unit="step", disable=not progress):
         observation = Observation(demos.images[i], demos.instructions[i], demos.states[i])
         actions.append(engine.step(observation).raw_action)
-    actions = np.array(actions)
-    return [actions[demos.episodes == e] for e in np.unique(demos.episodes)]
+    return demos.by_episode(np.array(actions))
 
 
 def train_drafter(

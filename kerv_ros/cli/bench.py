@@ -16,9 +16,9 @@ from kerv_ros.cli.common import (
     param_options,
     set_threads,
     threads_option,
-    verifier_fields,
 )
 from kerv_ros.config import EngineConfig
+from kerv_ros.loading import verifier_fields, verifier_text
 
 LEGACY_FLAGS = {
     "--threshold": "relaxed_threshold",
@@ -93,11 +93,9 @@ def run(args: argparse.Namespace) -> int:
         kinematics=kinematics,
         datastore=datastore,
     )
-    verifier = verifier_fields(backend)
     print(
-        f"model: {args.model}   steps: {args.steps}   seed: {args.seed}   verifier: "
-        f"{verifier['verifier_path']}"
-        + (f" (compiled in {verifier['compile_s']:.1f} s)" if verifier["compile_s"] else "")
+        f"model: {args.model}   steps: {args.steps}   seed: {args.seed}   "
+        f"verifier: {verifier_text(backend)}"
     )
     print(report.table(summary, report.BENCH))
     if args.json:

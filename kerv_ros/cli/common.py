@@ -152,11 +152,3 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
 
 def comma_list(text: str | None) -> list[str]:
     return [t.strip() for t in (text or "").split(",") if t.strip()]
-
-
-def verifier_fields(backend) -> dict:
-    """The verifier path the rows without ``@PATH`` ran on, and its compile time (JSON fields)."""
-    return {
-        "verifier_path": getattr(backend, "verifier_path", None),
-        "compile_s": getattr(backend, "compile_s", None),
-    }

@@ -90,8 +90,6 @@ def run_build(args: argparse.Namespace) -> int:
     backend = load(args).backend
     features = probe = None
     if args.relabel or args.features:
-        import numpy as np
-
         from kerv_ros import scene
         from kerv_ros.training import greedy_episodes, load_demonstrations
 
@@ -100,7 +98,7 @@ def run_build(args: argparse.Namespace) -> int:
         if args.relabel:
             episodes = greedy_episodes(backend, demos)
         else:
-            episodes = [demos.actions[demos.episodes == e] for e in np.unique(demos.episodes)]
+            episodes = demos.by_episode(demos.actions)
         if args.features:
             features = scene.scene_features(backend, demos)
             probe = scene.probe_feature(backend)

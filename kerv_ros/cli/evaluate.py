@@ -15,9 +15,9 @@ from kerv_ros.cli.common import (
     param_options,
     set_threads,
     threads_option,
-    verifier_fields,
 )
 from kerv_ros.config import EngineConfig
+from kerv_ros.loading import verifier_fields
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -124,23 +124,18 @@ def _closed_loop(args, backend, drafter, rows, datastore) -> int:
     from kerv_ros.evaluation import closed_loop, summarise
 
     by_mode = {}
-    loaded_path = verifier_fields(backend)["verifier_path"]
     for row, row_config in rows.items():
-        path = bench.row_path(row) or loaded_path
-        if path is not None:
-            backend.set_verifier_path(path)
-        results = closed_loop(
-            backend,
-            drafter,
-            row_config,
-            comma_list(args.tasks),
-            args.episodes,
-            args.seed,
-            datastore=datastore,
-        )
+        with bench.on_row_path(backend, row):
+            results = closed_loop(
+                backend,
+                drafter,
+                row_config,
+                comma_list(args.tasks),
+                args.episodes,
+                args.seed,
+                datastore=datastore,
+            )
         by_mode[row] = summarise(results)
-    if loaded_path is not None:
-        backend.set_verifier_path(loaded_path)
     table = report.table(
         [((mode, task), r) for mode, tasks in by_mode.items() for task, r in tasks.items()],
         report.CLOSED_LOOP,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kerv_ros.actions import N_BINS
+from kerv_ros.actions import BIN_WIDTH
 from kerv_ros.drafts import children_of
 
 
@@ -66,10 +66,6 @@ def walk_tree(
         node = best[1]
         path.append(node)
         accepted.append(tokens[node])
-
-
-BIN_WIDTH = 2.0 / (N_BINS - 1)
-"""One bin in normalised action units (256 edges over [-1, 1])."""
 
 
 @dataclass(frozen=True)

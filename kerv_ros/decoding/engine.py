@@ -409,9 +409,7 @@ class DecodeEngine:
         with clock.phase("draft"):
             self.skips.follow(self.motion.trajectory)
             context = context_of(*self.motion.previous_actions())
-            scene = None
-            if heisd.retrieval_key == "scene":
-                scene = state.prefix_hidden[-1].float().cpu().numpy()
+            scene = state.scene_feature() if heisd.retrieval_key == "scene" else None
             first = self.datastore.lookup(
                 context,
                 self.bins_of(result.tokens),

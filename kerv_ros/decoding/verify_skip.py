@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from kerv_ros.retrieval import Candidates
 
 
@@ -33,7 +35,7 @@ class VerifySkip:
         Familiar means the metric at or under the skip boundary, or, with scene keys and
         ``heisd_skip_similarity`` set, the neighbours' scenes that similar (HeiSD's rule).
         """
-        if heisd.skip_similarity > 0 and first.similarity == first.similarity:  # not NaN
+        if heisd.skip_similarity > 0 and not math.isnan(first.similarity):
             familiar = first.similarity >= heisd.skip_similarity
         else:
             familiar = metric <= min(heisd.skip_boundary, heisd.boundary)

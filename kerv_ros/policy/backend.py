@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from kerv_ros.actions import ActionTokenizer, NormStats
@@ -36,6 +37,13 @@ class PrefillState:
     prefix_embeds: torch.Tensor
     action_logits: torch.Tensor  # logits over the action tokens at the last prefix position
     extras: dict = field(default_factory=dict)
+
+    def scene_feature(self) -> np.ndarray:
+        """HeiSD's key for this observation: the last prefix position's hidden state (float32).
+
+        It has seen image, joint state and prompt, and the first action is read from it.
+        """
+        return self.prefix_hidden[-1].float().cpu().numpy()
 
 
 @dataclass
