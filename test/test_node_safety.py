@@ -10,6 +10,7 @@ return at once whatever the model is doing; nothing that arrives ends the proces
 
 import gc
 import itertools
+import statistics
 import threading
 import time
 
@@ -385,14 +386,18 @@ def test_a_control_rate_change_applies_at_once(rig):
     _node, probe = rig
     _configure_and_activate(probe)
     assert probe.set_param("control_rate_hz", 0.5).successful
-    time.sleep(1.0)
+    time.sleep(0.5)  # the slow timer's next tick is 1.5 s away
     changed = time.monotonic()
     assert probe.set_param("control_rate_hz", RATE).successful
-    time.sleep(1.0)
+    answered = time.monotonic()
+    probe.wait_for(probe.twists, lambda _: len(probe.since(probe.twists, changed)) >= 6, t0=changed)
     with probe.lock:
-        after = [t for t, _ in probe.twists if t > changed]
-    assert after and after[0] - changed < 0.4
-    assert len(after) >= 0.5 * RATE * 1.0
+        stamps = [t for t, _ in probe.twists if t > changed][:6]
+    # The new period from the answer on, not after the slow tick still 1 s away; then ~10 Hz
+    # (a loaded machine may stretch a period, never to the 2 s of 0.5 Hz).
+    assert stamps[0] - answered < 0.6, stamps[0] - answered
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    assert statistics.median(gaps) < 0.5, gaps
 
 
 def test_shutdown_leaves_no_stale_warning_in_diagnostics(rig):
