@@ -273,10 +273,11 @@ class HeisdConfig:
     """Per-dimension weights of the sequence-wise distance (the gripper counts double)."""
 
 
-PRECISIONS = ("float32", "bfloat16", "int8", "int8_bf16", "int4_bf16")
+PRECISIONS = ("float32", "bfloat16", "int8", "int8_bf16", "int4_bf16", "phased")
 """Precisions a step can run at (``policy/precision.py``): the model's own (float32 on the CPU),
 bfloat16 weights and activations, int8 weights with the model's activations, int8 weights with
-bfloat16 activations (one int8 copy serves both)."""
+bfloat16 activations (one int8 copy serves both), int4 weights with bfloat16 activations, and
+``phased``: bfloat16 for wide forwards (prefill, wide verifies), int8_bf16 for narrow ones."""
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from kerv_ros.dyq import PrecisionPolicy
 from kerv_ros.policy.precision import PrecisionError, build_precisions
 from kerv_ros.policy.vla import DefaultVLA
 
-VARIANTS = ("bfloat16", "int8", "int8_bf16", "int4_bf16")
+VARIANTS = ("bfloat16", "int8", "int8_bf16", "int4_bf16", "phased")
 MODES = ("ar", "spec", "spec_relaxed", "kerv", "hybrid")
 
 
@@ -75,6 +75,27 @@ def test_each_variant_runs_near_full_precision_and_counts_its_memory():
     assert torch.equal(backend.prefill(observation).action_logits, full)
 
 
+def test_phased_runs_wide_forwards_at_bfloat16_and_narrow_ones_on_int8():
+    """The prefill (many rows) is bfloat16's to the bit, a one-token decode int8_bf16's."""
+    backend = DefaultVLA.random(SMALL, seed=2)
+    observation = synthetic_observations(1, 7, SMALL.image_size)[0]
+    precisions = backend.build_precisions(("bfloat16", "int8_bf16", "phased"))
+    seen = {}
+    for name in ("bfloat16", "int8_bf16", "phased"):
+        precisions.set(name)
+        prefill = backend.prefill(observation).action_logits
+        precisions.set("float32")
+        state = backend.prefill(observation)  # the same cache under every decode
+        token = backend.action_logits_to_tokens(state.action_logits[None])
+        precisions.set(name)
+        seen[name] = (prefill, backend.forward_tree(state, token, [-1]).action_logits)
+    assert torch.equal(seen["phased"][0], seen["bfloat16"][0])
+    assert torch.equal(seen["phased"][1], seen["int8_bf16"][1])
+    assert not torch.equal(seen["bfloat16"][1], seen["int8_bf16"][1])  # the choice shows
+    memory = precisions.memory()
+    assert set(memory) == {"float32", "bfloat16", "int8"}  # phased adds no copy of its own
+
+
 def test_a_variant_without_its_kernel_is_refused_before_anything_changes(monkeypatch):
     backend = DefaultVLA.random(SMALL, seed=0)
     layers_before = [type(m) for m in backend.model.modules()]
@@ -85,6 +106,8 @@ def test_a_variant_without_its_kernel_is_refused_before_anything_changes(monkeyp
     monkeypatch.setattr(torch, "_weight_int8pack_mm", missing)
     with pytest.raises(PrecisionError, match="precision int8 cannot run on cpu: Could not run"):
         backend.build_precisions(("int8",))
+    with pytest.raises(PrecisionError, match="precision int8_bf16 cannot run on cpu"):
+        backend.build_precisions(("phased",))  # it needs the int8 kernel too
     with pytest.raises(PrecisionError, match="unknown precision int4"):
         build_precisions(backend.model, ("int4",))
     assert [type(m) for m in backend.model.modules()] == layers_before

@@ -74,7 +74,7 @@ def model_options(p: argparse.ArgumentParser, default: str | None, drafts: bool 
         "--dyq-precisions",
         default=ModelConfig.dyq_precisions,
         help="precision variants to build beside the model for dyq rows (comma list of "
-        "bfloat16, int8, int8_bf16, int4_bf16; '' = none; default %(default)s)",
+        "bfloat16, int8, int8_bf16, int4_bf16, phased; '' = none; default %(default)s)",
     )
     g.add_argument(
         "--trust-remote-code",

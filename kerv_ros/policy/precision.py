@@ -10,7 +10,11 @@ and ``int8_bf16`` (int8 weights, bfloat16 activations). ``bfloat16``
 (bfloat16 weights and activations) needs its own copy of the weights, and so does ``int4_bf16``
 (int4 weights in groups of 32 with a bfloat16 scale and offset each, bfloat16 activations:
 PyTorch's CPU tinygemm kernel ``aten._weight_int4pack_mm_for_cpu``, the one torchao's CPU int4
-path calls; it takes no float32 activations). The model's own weights
+path calls; it takes no float32 activations). ``phased`` holds both the bfloat16 and the int8
+copy and picks by the width of each forward: bfloat16 for :data:`WIDE_ROWS` rows or more (the
+prefill, wide tree verifies), ``int8_bf16`` for fewer (decodes, narrow verifies); measured
+(``kerv dyq profile``, docs/benchmarks.md) the integer kernels win the narrow forwards that
+read every weight for a few rows and lose the wide ones to bfloat16. The model's own weights
 stay, untouched, as the full precision: at full precision a step is bit-identical to the model
 without variants. torchao was not used: each of its quantisation configs is its own tensor type
 (one copy per precision), and it is not in this project's pinned environment.
@@ -29,7 +33,7 @@ from torch import nn
 
 FULL = "full"
 """Placeholder of the model's own precision; :attr:`PrecisionSet.full` names it (``float32``)."""
-LOW_PRECISIONS = ("bfloat16", "int8", "int8_bf16", "int4_bf16")
+LOW_PRECISIONS = ("bfloat16", "int8", "int8_bf16", "int4_bf16", "phased")
 """Variants that can be built beside the model's own precision, in no particular order."""
 INNER_MULTIPLE = 16
 """``torch._weight_int8pack_mm`` with bfloat16 input needs the inner dimension in 16s."""
@@ -38,6 +42,10 @@ INT4_GROUP = 32
 keeps the default model's 256-wide layers within 1 % of float32)."""
 INT4_ROWS = 16
 """The int4 packing needs the output rows in 16s."""
+WIDE_ROWS = 16
+"""Rows (tokens) from which ``phased`` runs a forward at bfloat16 rather than int8_bf16: on the
+default model int8_bf16 wins a 7-node verify (1.32 against 1.60 ms) and loses a 24-node one
+(2.46 against 2.14 ms) and the prefill (8.90 against 5.69 ms)."""
 
 
 class PrecisionError(ValueError):
@@ -64,12 +72,12 @@ class SwitchableLinear(nn.Module):
         self.active = active
         weight = linear.weight.detach()
         self.bf16_weight = self.bf16_bias = None
-        if "bfloat16" in names:
+        if "bfloat16" in names or "phased" in names:
             self.bf16_weight = weight.to(torch.bfloat16)
             self.bf16_bias = None if linear.bias is None else linear.bias.detach().bfloat16()
         self.int8_weight = self.scales = self.scales_bf16 = None
         self.pad = 0
-        if "int8" in names or "int8_bf16" in names:
+        if {"int8", "int8_bf16", "phased"} & set(names):
             w = weight.float()
             scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
             int8 = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
@@ -95,6 +103,8 @@ class SwitchableLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         name = self.active.name
+        if name == "phased":
+            name = "bfloat16" if x.numel() >= WIDE_ROWS * x.shape[-1] else "int8_bf16"
         if name == FULL:
             return self.linear(x)
         if name == "bfloat16":
@@ -191,7 +201,8 @@ class PrecisionSet:
     def memory(self) -> dict[str, int]:
         """Resident bytes: the model's own, and what each variant's weights add to them.
 
-        ``int8`` and ``int8_bf16`` share one copy, reported under ``int8``.
+        ``int8`` and ``int8_bf16`` share one copy, reported under ``int8``; ``phased`` reads
+        the ``bfloat16`` and the ``int8`` copies.
         """
         extra: dict[str, int] = {}
         for layer in self._layers:
@@ -239,6 +250,10 @@ def _probe_kernel(name: str, device: torch.device, dtype: torch.dtype) -> None:
     try:
         if name == "bfloat16":
             nn.functional.linear(x.bfloat16(), torch.randn(32, 64, device=device).bfloat16())
+            return
+        if name == "phased":
+            for part in ("bfloat16", "int8_bf16"):
+                _probe_kernel(part, device, dtype)
             return
         if name == "int4_bf16":
             packed, scales, _ = _int4_pack(torch.randn(32, 64, device=device))
