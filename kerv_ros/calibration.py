@@ -54,8 +54,12 @@ def measure(
     precisions = backend.precisions
     if precisions is None or len(precisions.names) < 2:
         raise ValueError("no precision variant built: pass --dyq-precisions")
-    # Held at full precision whatever the score (both bounds 0), so the score is the node's.
-    scored = replace(scoring, fixed="", table=False, coarse_below=0.0, full_above=0.0)
+    # Held at full precision whatever the score (both bounds 0, and full as coarse and medium:
+    # the variants measured need not include the live ones), so the score is the node's.
+    full = precisions.full
+    scored = replace(
+        scoring, fixed="", table=False, coarse_below=0.0, full_above=0.0, coarse=full, medium=full
+    )
     reference = DecodeEngine(
         backend, None, EngineConfig(mode="ar", dyq=True, precision=scored), kinematics, period_s
     )
@@ -239,8 +243,8 @@ def profile(
                 backend.keep_path(state, [])  # drop the tree: the next one sees the same prefix
 
             row[f"verify_{size}_ms"] = _median_ms(verify, repeats)
-        own = precisions.full if name == precisions.full else _weights_owner(name)
-        row["weights_mib"] = memory[own] / 2**20
+        owners = (precisions.full,) if name == precisions.full else _weights_owners(name)
+        row["weights_mib"] = sum(memory.get(owner, 0) for owner in owners) / 2**20
         row["action_error_vs_full"] = float(
             np.mean([np.abs(a.action - b.action).mean() for a, b in zip(steps, full, strict=True)])
         )
@@ -254,6 +258,10 @@ def profile(
     return out, sum(memory.values())
 
 
-def _weights_owner(name: str) -> str:
-    """The copy a precision runs on (``int8`` and ``int8_bf16`` share one)."""
-    return "int8" if name == "int8_bf16" else name
+def _weights_owners(name: str) -> tuple[str, ...]:
+    """The copies a precision runs on.
+
+    ``int8`` and ``int8_bf16`` share one; ``phased`` reads the bfloat16 and the int8 copy (a
+    bfloat16 model's bfloat16 copy is its own weights).
+    """
+    return {"int8_bf16": ("int8",), "phased": ("bfloat16", "int8")}.get(name, (name,))

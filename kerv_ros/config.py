@@ -309,7 +309,9 @@ class DyqConfig:
         choices=("", *PRECISIONS),
     )
     """An ablation: the variants' speed and error without the policy."""
-    coarse: str = param("int8_bf16", "dyq: precision of coarse motion", choices=PRECISIONS)
+    coarse: str = param("phased", "dyq: precision of coarse motion", choices=PRECISIONS)
+    """``phased`` by default: on the demo bags it made ``ar`` 1.23-1.34x faster at an action error
+    of 0.0002, where ``int8_bf16`` gave 1.07-1.13x at 0.0071 (docs/benchmarks.md)."""
     medium: str = param("int8", "dyq: precision between the bounds", choices=PRECISIONS)
     coarse_below: float = param(0.25, "dyq: fused score below -> coarse", 0.0, 1.0)
     full_above: float = param(0.4, "dyq: fused score at or above -> full precision", 0.0, 1.0)
@@ -485,13 +487,14 @@ class ModelConfig:
     """CPU threads for the model (0 = torch's default). One by default: measured on 2 cores, two
     OpenMP threads spinning against the executor's threads made the p99 step 12x longer."""
     dyq_precisions: str = param(
-        "int8,int8_bf16",
+        "int8,int8_bf16,phased",
         "precision variants built at configure for dyq (comma list; '' = none)",
         read_only=True,
     )
     """Built beside the model's own weights: one int8 copy (+25 % of a float32 model's
-    weights) serves ``int8`` and ``int8_bf16``; ``bfloat16`` adds its own copy (+50 %) and
-    ``int4_bf16`` its own (+16 %: half a byte a weight and a scale and offset per 32)."""
+    weights) serves ``int8`` and ``int8_bf16``; ``bfloat16`` adds its own copy (+50 %; none
+    on a bfloat16 model) and ``int4_bf16`` its own (+16 %: half a byte a weight and a scale and
+    offset per 32); ``phased`` reads the bfloat16 and int8 copies."""
 
 
 ENGINE_PARAMS = params_table(EngineConfig)

@@ -83,7 +83,9 @@ class CalibrationTable:
             level = len(LEVELS) - 1
             if count >= self.min_count:
                 for candidate, name in ((0, config.coarse), (1, config.medium)):
-                    error = 0.0 if name == self.full else self.errors[name][i]
+                    # A precision the table has no column for is never chosen.
+                    measured = self.errors.get(name, [None] * len(self.counts))
+                    error = 0.0 if name == self.full else measured[i]
                     if error is not None and error <= config.error_bound:
                         level = candidate
                         break

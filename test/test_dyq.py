@@ -96,6 +96,19 @@ def test_phased_runs_wide_forwards_at_bfloat16_and_narrow_ones_on_int8():
     assert set(memory) == {"float32", "bfloat16", "int8"}  # phased adds no copy of its own
 
 
+def test_phased_on_a_bfloat16_model_reads_its_own_weights():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 32)).bfloat16()
+    x = torch.randn(20, 64, dtype=torch.bfloat16)
+    full = model(x)
+    precisions = build_precisions(model, ("phased",))
+    assert precisions.names == ("bfloat16", "phased")
+    assert set(precisions.memory()) == {"bfloat16", "int8"}  # the model's own, and int8
+    precisions.set("phased")
+    assert torch.equal(model(x), full)  # 20 rows: wide, the model's own bfloat16 weights
+    assert not torch.equal(model(x[:2]), full[:2])  # 2 rows: int8
+
+
 def test_a_variant_without_its_kernel_is_refused_before_anything_changes(monkeypatch):
     backend = DefaultVLA.random(SMALL, seed=0)
     layers_before = [type(m) for m in backend.model.modules()]
@@ -133,19 +146,19 @@ def test_coarse_transit_lowers_precision_after_warmup_and_dwell():
     seen = _precisions(_policy(), [FAST] * 8)
     assert seen[:2] == ["float32", "float32"]  # warm-up
     assert seen[2:4] == ["float32"] * 2  # dwell: min_dwell more steps after the last forced one
-    assert seen[4:] == ["int8_bf16"] * 4
+    assert seen[4:] == ["phased"] * 4  # the default coarse precision
 
 
 def test_fine_motion_and_angular_jerk_raise_precision_at_once():
     policy = _policy()
     _precisions(policy, [FAST] * 8)
     # Fineness is a broad trend: one slow step in a window of fast ones changes nothing.
-    assert policy.decide(SLOW, 10**9).precision == "int8_bf16"
+    assert policy.decide(SLOW, 10**9).precision == "phased"
     policy = _policy(window_macro=1)
-    assert _precisions(policy, [FAST] * 8)[-1] == "int8_bf16"
+    assert _precisions(policy, [FAST] * 8)[-1] == "phased"
     assert policy.decide(SLOW, 10**9).precision == "float32"  # fine translation: at once
     policy = _policy(fineness_weight=0.0)  # jerk alone decides
-    assert _precisions(policy, [FAST] * 8)[-1] == "int8_bf16"
+    assert _precisions(policy, [FAST] * 8)[-1] == "phased"
     twist = FAST.copy()
     twist[3] = 0.5  # a rotational spike
     choice = policy.decide(twist, 10**9)
@@ -175,9 +188,9 @@ def test_dyq_rows_carry_the_precision_share_and_need_their_variants():
     observations = synthetic_observations(3, 2, SMALL.image_size)
     config = row_config(EngineConfig(), "ar+dyq")
     assert config.dyq and config.mode == "ar"
-    with pytest.raises(ValueError, match="dyq needs precision int8_bf16, int8, not built"):
+    with pytest.raises(ValueError, match="dyq needs precision phased, int8, not built"):
         DecodeEngine(backend, None, config)
-    backend.build_precisions(("int8", "int8_bf16"))
+    backend.build_precisions(("int8", "phased"))
     fixed = replace(config, precision=DyqConfig(fixed="int8"))
     results = {
         "ar": _run(backend, EngineConfig(mode="ar"), observations),

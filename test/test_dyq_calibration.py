@@ -16,7 +16,9 @@ from kerv_ros.loading import ModelLoadError, load_models
 
 DEMO_BAG = Path(__file__).parents[1] / "kerv_ros" / "data" / "demo_bags" / "reach_01000"
 FIXTURE = Path(__file__).parent / "data" / "openvla_tiny" / "checkpoint"
-SCORING = DyqConfig(warmup_steps=0, min_dwell=0, gripper_window=0, window_macro=1)
+SCORING = DyqConfig(
+    coarse="int8_bf16", warmup_steps=0, min_dwell=0, gripper_window=0, window_macro=1
+)
 
 
 def _records(score_errors):
@@ -118,14 +120,18 @@ def test_kerv_dyq_calibrate_writes_the_table_the_loader_gives_the_policy(tmp_pat
 def test_kerv_dyq_profile_times_each_precision_beside_its_weights(tmp_path):
     out = tmp_path / "profile.json"
     done = run_kerv(
-        "dyq", "profile", "--model", "random", "--dyq-precisions", "int8_bf16,int4_bf16",
+        "dyq", "profile", "--model", "random", "--dyq-precisions", "int8_bf16,int4_bf16,phased",
         "--steps", "2", "--repeats", "1", "--json", str(out),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "precision  prefill ms  decode ms/token  verify 7 ms" in done.stdout
     rows = json.loads(out.read_text())["precisions"]
-    assert list(rows) == ["float32", "int8_bf16", "int4_bf16"]
+    assert list(rows) == ["float32", "int8_bf16", "int4_bf16", "phased"]
     assert rows["float32"]["action_error_vs_full"] == 0.0
     assert rows["int4_bf16"]["weights_mib"] < rows["int8_bf16"]["weights_mib"]
     assert rows["int8_bf16"]["weights_mib"] < 0.3 * rows["float32"]["weights_mib"]
+    # phased reads the int8 copy and a bfloat16 one (half the float32 weights, less what the
+    # model holds outside its linear layers)
+    extra = rows["phased"]["weights_mib"] - rows["int8_bf16"]["weights_mib"]
+    assert 0.2 * rows["float32"]["weights_mib"] < extra < 0.5 * rows["float32"]["weights_mib"]
     assert all(r["verify_49_ms"] > 0 and r["decode_ms_per_token"] > 0 for r in rows.values())

@@ -135,7 +135,9 @@ class SwitchableLinear(nn.Module):
     def extra_bytes(self) -> dict[str, int]:
         """Bytes this layer holds beyond the model's own weights, by the tensors' owner."""
         sizes = {}
-        if self.bf16_weight is not None:
+        own = self.linear.weight.data_ptr()
+        if self.bf16_weight is not None and self.bf16_weight.data_ptr() != own:
+            # A bfloat16 model's own weights serve as the copy (``Tensor.to`` keeps them).
             bias = 0 if self.bf16_bias is None else _nbytes(self.bf16_bias)
             sizes["bfloat16"] = _nbytes(self.bf16_weight) + bias
         if self.int8_weight is not None:
