@@ -65,7 +65,7 @@ def measure(
     )
     variants = {
         name: DecodeEngine(
-            backend, None, EngineConfig(mode="ar", dyq=True, precision=DyqConfig(fixed=name))
+            backend, None, EngineConfig(mode="ar", dyq=True, precision=replace(scoring, fixed=name))
         )
         for name in precisions.names[1:]
     }

@@ -280,6 +280,13 @@ bfloat16 activations (one int8 copy serves both), int4 weights with bfloat16 act
 ``phased``: bfloat16 for wide forwards (prefill, wide verifies), int8_bf16 for narrow ones."""
 
 
+PHASED_ROWS = 16
+"""Rows (tokens) from which ``phased`` runs a forward at bfloat16 rather than int8_bf16 (the
+default of ``dyq_phased_rows``): on the default model int8_bf16 wins a 7-node verify (1.32
+against 1.60 ms) and loses a 24-node one (2.46 against 2.14 ms) and the prefill (8.90 against
+5.69 ms); on a 134 M-parameter one bfloat16 already won at 7 (``kerv dyq profile`` tells)."""
+
+
 @dataclass(frozen=True)
 class DyqConfig:
     """DyQ-VLA (feature ``dyq`` of every mode): each step's precision from the arm's motion.
@@ -313,6 +320,11 @@ class DyqConfig:
     """``phased`` by default: on the demo bags it made ``ar`` 1.23-1.34x faster at an action error
     of 0.0002, where ``int8_bf16`` gave 1.07-1.13x at 0.0071 (docs/benchmarks.md)."""
     medium: str = param("int8", "dyq: precision between the bounds", choices=PRECISIONS)
+    phased_rows: int = param(
+        PHASED_ROWS, "dyq: rows from which phased runs a forward at bfloat16", 1, 4096
+    )
+    """The crossover of ``phased`` (``policy/precision.py``): forwards of this many tokens or
+    more (the prefill, wide verifies) at bfloat16, narrower ones at int8_bf16."""
     coarse_below: float = param(0.25, "dyq: fused score below -> coarse", 0.0, 1.0)
     full_above: float = param(0.4, "dyq: fused score at or above -> full precision", 0.0, 1.0)
     fineness_weight: float = param(0.5, "dyq: weight of motion fineness (1 - it: jerk)", 0.0, 1.0)

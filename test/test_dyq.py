@@ -96,6 +96,32 @@ def test_phased_runs_wide_forwards_at_bfloat16_and_narrow_ones_on_int8():
     assert set(memory) == {"float32", "bfloat16", "int8"}  # phased adds no copy of its own
 
 
+def test_dyq_phased_rows_moves_the_crossover():
+    """``dyq_phased_rows`` 1: a one-token decode runs at bfloat16 too; 4096: the prefill at
+    int8_bf16 too."""
+    backend = DefaultVLA.random(SMALL, seed=2)
+    observation = synthetic_observations(1, 7, SMALL.image_size)[0]
+    precisions = backend.build_precisions(("bfloat16", "int8_bf16", "phased"))
+
+    def forwards(name, rows=None):
+        if rows is not None:  # the engine sets what the parameter says
+            config = DyqConfig(fixed=name, phased_rows=rows)
+            DecodeEngine(backend, None, EngineConfig(mode="ar", dyq=True, precision=config)).step(
+                observation
+            )
+        else:
+            precisions.set(name)
+        state = backend.prefill(observation)
+        token = backend.action_logits_to_tokens(state.action_logits[None])
+        return state.action_logits, backend.forward_tree(state, token, [-1]).action_logits
+
+    bf16, int8 = forwards("bfloat16"), forwards("int8_bf16")
+    narrow, wide = forwards("phased", 1), forwards("phased", 4096)
+    assert all(torch.equal(a, b) for a, b in zip(narrow, bf16, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(wide, int8, strict=True))
+    assert not torch.equal(bf16[0], int8[0])
+
+
 def test_phased_on_a_bfloat16_model_reads_its_own_weights():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 32)).bfloat16()

@@ -311,7 +311,8 @@ class DecodeEngine:
         threshold = prior.threshold if plan.kinematic_threshold else plan.fixed_threshold
         choice = self._switch_precision(prior) if plan.dyq else None  # DyQ-VLA
         if self.precisions is not None:  # every step: engines may share one backend (bench)
-            self.precisions.set(choice.precision if choice is not None else self.full_precision)
+            precision = choice.precision if choice is not None else self.full_precision
+            self.precisions.set(precision, self.config.precision.phased_rows)
         with clock.phase("prefill"):
             state = self.backend.prefill(observation)  # the first token comes with it
         result = self._first_token(state, prior, threshold, choice)

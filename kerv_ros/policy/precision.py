@@ -11,7 +11,7 @@ and ``int8_bf16`` (int8 weights, bfloat16 activations). ``bfloat16``
 (int4 weights in groups of 32 with a bfloat16 scale and offset each, bfloat16 activations:
 PyTorch's CPU tinygemm kernel ``aten._weight_int4pack_mm_for_cpu``, the one torchao's CPU int4
 path calls; it takes no float32 activations). ``phased`` holds both the bfloat16 and the int8
-copy and picks by the width of each forward: bfloat16 for :data:`WIDE_ROWS` rows or more (the
+copy and picks by the width of each forward: bfloat16 for :data:`PHASED_ROWS` rows or more (the
 prefill, wide tree verifies), ``int8_bf16`` for fewer (decodes, narrow verifies); measured
 (``kerv dyq profile``, docs/benchmarks.md) the integer kernels win the narrow forwards that
 read every weight for a few rows and lose the wide ones to bfloat16. The model's own weights
@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from kerv_ros.config import PHASED_ROWS
+
 FULL = "full"
 """Placeholder of the model's own precision; :attr:`PrecisionSet.full` names it (``float32``)."""
 LOW_PRECISIONS = ("bfloat16", "int8", "int8_bf16", "int4_bf16", "phased")
@@ -42,10 +44,6 @@ INT4_GROUP = 32
 keeps the default model's 256-wide layers within 1 % of float32)."""
 INT4_ROWS = 16
 """The int4 packing needs the output rows in 16s."""
-WIDE_ROWS = 16
-"""Rows (tokens) from which ``phased`` runs a forward at bfloat16 rather than int8_bf16: on the
-default model int8_bf16 wins a 7-node verify (1.32 against 1.60 ms) and loses a 24-node one
-(2.46 against 2.14 ms) and the prefill (8.90 against 5.69 ms)."""
 
 
 class PrecisionError(ValueError):
@@ -61,6 +59,8 @@ class _Active:
     """The precision every switchable layer of one model reads: one switch for the model."""
 
     name: str
+    wide_rows: int = PHASED_ROWS
+    """``phased``: rows from which a forward runs at bfloat16 (:data:`PHASED_ROWS` by default)."""
 
 
 class SwitchableLinear(nn.Module):
@@ -104,7 +104,8 @@ class SwitchableLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         name = self.active.name
         if name == "phased":
-            name = "bfloat16" if x.numel() >= WIDE_ROWS * x.shape[-1] else "int8_bf16"
+            wide = x.numel() >= self.active.wide_rows * x.shape[-1]
+            name = "bfloat16" if wide else "int8_bf16"
         if name == FULL:
             return self.linear(x)
         if name == "bfloat16":
@@ -194,11 +195,15 @@ class PrecisionSet:
     def current(self) -> str:
         return self.full if self._active.name == FULL else self._active.name
 
-    def set(self, name: str) -> None:
-        """Run the next forwards at ``name`` (one of :attr:`names`)."""
+    def set(self, name: str, wide_rows: int = PHASED_ROWS) -> None:
+        """Run the next forwards at ``name`` (one of :attr:`names`).
+
+        ``phased`` runs forwards of ``wide_rows`` rows or more at bfloat16.
+        """
         if name not in self.names:
             raise PrecisionError(f"precision {name!r} not built; built: {', '.join(self.names)}")
         self._active.name = FULL if name == self.full else name
+        self._active.wide_rows = wide_rows
 
     def memory(self) -> dict[str, int]:
         """Resident bytes: the model's own, and what each variant's weights add to them.
