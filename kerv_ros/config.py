@@ -317,7 +317,7 @@ class DyqConfig:
     )
     """An ablation: the variants' speed and error without the policy."""
     coarse: str = param("phased", "dyq: precision of coarse motion", choices=PRECISIONS)
-    """``phased`` by default: on the demo bags it made ``ar`` 1.23-1.34x faster at an action error
+    """``phased`` by default: on the demo bags it made ``ar`` 1.22-1.34x faster at an action error
     of 0.0002, where ``int8_bf16`` gave 1.07-1.13x at 0.0071 (docs/benchmarks.md)."""
     medium: str = param("int8", "dyq: precision between the bounds", choices=PRECISIONS)
     phased_rows: int = param(

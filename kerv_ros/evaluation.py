@@ -111,10 +111,12 @@ def closed_loop(
     seed: int = EVAL_SEED,
     progress: bool = True,
     datastore=None,
+    label: str = "",
 ) -> list[EpisodeResult]:
     """``episodes`` seeded episodes per task in the configured mode.
 
-    ``datastore`` is the retrieval datastore ``heisd`` needs and ``hybrid`` uses.
+    ``datastore`` is the retrieval datastore ``heisd`` needs and ``hybrid`` uses; ``label``
+    names the run on the progress bar (the row, such as ``ar+dyq``; default: the mode).
     """
     control = ControlConfig()
     world = PandaWorld(SimConfig(image_size=128, control_rate_hz=control.control_rate_hz))
@@ -124,7 +126,9 @@ def closed_loop(
     out = []
     try:
         jobs = [(task, seed + i) for task in tasks for i in range(episodes)]
-        bar = tqdm(jobs, desc=f"closed loop {config.mode}", unit="episode", disable=not progress)
+        bar = tqdm(
+            jobs, desc=f"closed loop {label or config.mode}", unit="episode", disable=not progress
+        )
         for task, episode_seed in bar:
             out.append(run_episode(world, engine, task, episode_seed, control))
             bar.set_postfix(success=f"{sum(r.success for r in out)}/{len(out)}")

@@ -134,6 +134,7 @@ def _closed_loop(args, backend, drafter, rows, datastore) -> int:
                 args.episodes,
                 args.seed,
                 datastore=datastore,
+                label=row,
             )
         by_mode[row] = summarise(results)
     table = report.table(
