@@ -56,9 +56,9 @@ def measure(
         raise ValueError("no precision variant built: pass --dyq-precisions")
     # Held at full precision whatever the score (both bounds 0, and full as coarse and medium:
     # the variants measured need not include the live ones), so the score is the node's.
-    full = precisions.full
+    own = precisions.full
     scored = replace(
-        scoring, fixed="", table=False, coarse_below=0.0, full_above=0.0, coarse=full, medium=full
+        scoring, fixed="", table=False, coarse_below=0.0, full_above=0.0, coarse=own, medium=own
     )
     reference = DecodeEngine(
         backend, None, EngineConfig(mode="ar", dyq=True, precision=scored), kinematics, period_s
